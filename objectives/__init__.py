@@ -1,0 +1,2 @@
+"""Pure functional RL objectives over arrays. Importing the package registers them."""
+from objectives import aggregation, registry  # noqa: F401

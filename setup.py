@@ -1,0 +1,45 @@
+"""Installs jaxrl_reward, models and objectives."""
+from setuptools import setup
+
+setup(
+    name="jaxrl_reward",
+    version="0.1.0",
+    description="JAX research codebase for reward-driven RL post-training of generative models.",
+    python_requires=">=3.10",
+    packages=[
+        "jaxrl_reward",
+        "jaxrl_reward.data",
+        "jaxrl_reward.rewards",
+        "models",
+        "objectives",
+        "experiments",
+        "configs",
+    ],
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.11",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "chex>=0.1.89",
+        "ml-collections>=1.0",
+        "transformers>=4.50",
+        "tokenizers>=0.21",
+        "datasets>=3.0",
+        "absl-py",
+        "numpy",
+        "tqdm",
+        "tensorboardX",
+        "matplotlib",
+    ],
+    extras_require={
+        "tfds": ["tensorflow-datasets"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout",
+            "hypothesis",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+        ],
+    },
+)
