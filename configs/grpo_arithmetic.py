@@ -23,7 +23,7 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
 
   c.task = config_dict.ConfigDict()
   c.task.name = "arithmetic"
-  c.task.num_train = 20000
+  c.task.num_train = 8000
   c.task.num_eval = 256
   c.task.max_value = 99
   c.task.max_prompt_length = 16

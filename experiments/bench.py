@@ -1,0 +1,120 @@
+"""Benchmarks: the full GRPO step (sampling, update, whole step) in completion tokens/s.
+
+    python -m experiments.bench --model=tiny --prompts=4 --group_size=8 --completion_length=64
+
+The default shape matches a common TRL GRPOTrainer setup: hidden 256, 4 layers, 4 heads
+/ 2 KV heads, intermediate 1024, 32 completions of 64 tokens (8 per prompt). Sampling
+never stops early (no EOS), so every completion has exactly `completion_length` tokens.
+Compile time is the first call minus a steady-state call. Prints one JSON line per case.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+from flax import nnx
+
+import objectives  # noqa: F401  (registers the objectives)
+from jaxrl_reward import logprobs as logprobs_lib
+from jaxrl_reward import optim
+from jaxrl_reward import sampling
+from jaxrl_reward import update as update_lib
+from objectives import advantages as advantages_lib
+from objectives import registry
+from models import transformer
+
+_MODEL = flags.DEFINE_string("model", "tiny", "Model size in models.transformer.get_config.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 1024, "Vocabulary size.")
+_PROMPTS = flags.DEFINE_integer("prompts", 4, "Prompts per step.")
+_GROUP = flags.DEFINE_integer("group_size", 8, "Completions per prompt.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_length", 32, "Prompt tokens.")
+_COMPLETION_LEN = flags.DEFINE_integer("completion_length", 64, "Completion tokens.")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions after the warm-up call.")
+
+
+def _timed(fn, *args):
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return out, time.perf_counter() - start
+
+
+def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_length, completion_length,
+                    dtype, repeats) -> dict:
+  cfg = transformer.get_config(model_name, vocab_size=vocab_size, dtype=dtype)
+  model = transformer.Transformer(cfg, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  batch = prompts * group_size
+  sampler = sampling.make_sampler(graphdef, max_new_tokens=completion_length, temperature=1.0, eos_id=None,
+                                  pad_id=0)
+  objective = registry.get("grpo")
+
+  def loss_fn(m, mb):
+    logp = logprobs_lib.completion_logprobs(m, mb["prompt_ids"], mb["prompt_mask"], mb["completion_ids"],
+                                            mb["mask"])
+    return objective(logp, mb, loss_type="dapo")
+
+  optimizer = optim.make_optimizer(1e-5, total_steps=1000)
+  opt_state = optimizer.init(params)
+  step = update_lib.make_update_step(loss_fn, graphdef, rest, optimizer)
+  rng = np.random.default_rng(0)
+  prompt_ids = jnp.asarray(rng.integers(1, vocab_size, (batch, prompt_length)), jnp.int32)
+  prompt_mask = jnp.ones_like(prompt_ids)
+
+  def whole_step(params, opt_state, key):
+    out = sampler(params, prompt_ids, prompt_mask, key)
+    rewards = jnp.mean(out.tokens % 2, axis=-1).astype(jnp.float32)  # a cheap stand-in reward
+    adv = advantages_lib.group_advantages(rewards, group_size=group_size)
+    mb = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": out.tokens,
+          "mask": out.mask.astype(jnp.float32), "old_logp": out.logprobs, "advantages": adv,
+          "rewards": rewards}
+    return step(params, opt_state, mb)
+
+  key = jax.random.PRNGKey(0)
+  out, t_sample_first = _timed(sampler, params, prompt_ids, prompt_mask, key)
+  mb = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": out.tokens,
+        "mask": out.mask.astype(jnp.float32), "old_logp": out.logprobs,
+        "advantages": jnp.ones((batch,), jnp.float32), "rewards": jnp.ones((batch,), jnp.float32)}
+  (params, opt_state, _), t_update_first = _timed(step, params, opt_state, mb)
+  sample_times, update_times, whole_times = [], [], []
+  for i in range(repeats):
+    k = jax.random.fold_in(key, i + 1)
+    out, t = _timed(sampler, params, prompt_ids, prompt_mask, k)
+    sample_times.append(t)
+    mb = {**mb, "completion_ids": out.tokens, "old_logp": out.logprobs}
+    (params, opt_state, _), t = _timed(step, params, opt_state, mb)
+    update_times.append(t)
+    (params, opt_state, _), t = _timed(whole_step, params, opt_state, k)
+    whole_times.append(t)
+  tokens = batch * completion_length
+  t_sample, t_update, t_whole = (float(np.median(x)) for x in (sample_times, update_times, whole_times))
+  return {
+      "case": "grpo_step", "model": model_name, "params_M": round(n_params / 1e6, 2), "dtype": dtype,
+      "batch": batch, "prompt_length": prompt_length, "completion_length": completion_length,
+      "sample_tokens_per_s": round(tokens / t_sample, 1),
+      "update_tokens_per_s": round(tokens / t_update, 1),
+      "step_tokens_per_s": round(tokens / t_whole, 1),
+      "step_s": round(t_whole, 4),
+      "compile_s": round(t_sample_first - t_sample + t_update_first - t_update, 2),
+      "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+      "host": platform.processor() or platform.machine(),
+  }
+
+
+def main(argv):
+  del argv
+  result = bench_grpo_step(_MODEL.value, vocab_size=_VOCAB.value, prompts=_PROMPTS.value,
+                           group_size=_GROUP.value, prompt_length=_PROMPT_LEN.value,
+                           completion_length=_COMPLETION_LEN.value, dtype=_DTYPE.value, repeats=_REPEATS.value)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,37 @@
+"""Tasks selectable by `config.task.name`: a tokenizer plus train and held-out examples.
+
+Each example is a dict with at least `prompt`; its other fields (`answer`, `solution`, ...)
+reach the reward functions as keyword columns, as in TRL.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from jaxrl_reward.data import arithmetic
+from jaxrl_reward.data import tokenizer as tokenizer_lib
+
+
+@dataclasses.dataclass
+class Task:
+  tokenizer: Any  # a transformers tokenizer
+  train: list[dict]
+  eval: list[dict]
+
+
+def _arithmetic(task_config, seed: int) -> Task:
+  task = arithmetic.ArithmeticTask(
+      seed=seed, num_train=task_config.num_train, num_eval=task_config.num_eval,
+      max_value=task_config.max_value)
+  train, held_out = task.splits()
+  return Task(tokenizer_lib.build_arithmetic_tokenizer(), train, held_out)
+
+
+TASKS: dict[str, Callable[[Any, int], Task]] = {"arithmetic": _arithmetic}
+
+
+def build_task(task_config, *, seed: int) -> Task:
+  """Builds the task named `task_config.name` (one of `TASKS`)."""
+  if task_config.name not in TASKS:
+    raise KeyError(f"unknown task.name={task_config.name!r}; known tasks: {sorted(TASKS)}")
+  return TASKS[task_config.name](task_config, seed)

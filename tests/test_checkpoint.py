@@ -1,0 +1,114 @@
+"""Tests for jaxrl_reward.checkpoint."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxrl_reward.checkpoint import Checkpointer
+
+
+def _state(offset=0.0):
+  return {
+      "params": {
+          "w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4) + offset,
+          "b": jnp.linspace(-1.0, 1.0, 4).astype(jnp.bfloat16),
+      },
+      "opt": [jnp.array(7, jnp.int32), np.arange(5, dtype=np.int16)],
+      "count": 3,
+  }
+
+
+def _abstract(tree):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x,
+      tree)
+
+
+def _assert_tree_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert np.asarray(x).dtype == np.asarray(y).dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_keeps_values_dtypes_and_extra(tmp_path):
+  state = _state()
+  extra = {"stage": "rl", "examples_seen": 128, "history": [1.5, 2.0]}
+  with Checkpointer(tmp_path / "ckpt") as ckpt:
+    assert ckpt.save(5, state, extra=extra)
+    ckpt.wait()
+    restored, restored_extra = ckpt.restore(_abstract(state))
+  _assert_tree_equal(restored, state)
+  assert restored["params"]["b"].dtype == jnp.bfloat16
+  assert isinstance(restored["opt"][1], np.ndarray)
+  assert restored_extra == extra
+
+
+def test_restore_from_a_new_checkpointer_and_concrete_target(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _state(1.0))
+  ckpt = Checkpointer(tmp_path)
+  restored, extra = ckpt.restore(_state(0.0), step=1)  # concrete arrays as the target
+  ckpt.close()
+  _assert_tree_equal(restored, _state(1.0))
+  assert extra == {}
+
+
+def test_latest_step_max_to_keep_and_interval(tmp_path):
+  ckpt = Checkpointer(tmp_path, max_to_keep=2, save_interval_steps=2)
+  assert ckpt.latest_step() is None
+  saved = [ckpt.save(step, _state(float(step))) for step in range(5)]
+  assert saved == [True, False, True, False, True]
+  assert ckpt.save(5, _state(5.0), force=True)
+  ckpt.wait()
+  assert ckpt.latest_step() == 5
+  assert ckpt.all_steps() == [4, 5]
+  assert sorted(d for d in os.listdir(tmp_path) if d.isdigit()) == ["4", "5"]
+  restored, _ = ckpt.restore(_abstract(_state()), step=4)
+  _assert_tree_equal(restored, _state(4.0))
+  with pytest.raises(FileNotFoundError, match="available steps"):
+    ckpt.restore(_abstract(_state()), step=2)
+  ckpt.close()
+
+
+def test_unfinalised_tmp_dir_is_ignored(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _state(1.0))
+  # What a crash in the middle of saving step 2 leaves behind: the temporary directory.
+  crashed = tmp_path / "2.orbax-checkpoint-tmp-1700000000123456"
+  (crashed / "state").mkdir(parents=True)
+  (crashed / "state" / "partial").write_bytes(b"\0" * 16)
+  ckpt = Checkpointer(tmp_path)
+  assert ckpt.latest_step() == 1
+  assert ckpt.all_steps() == [1]
+  restored, _ = ckpt.restore(_abstract(_state()))
+  _assert_tree_equal(restored, _state(1.0))
+  ckpt.close()
+
+
+def test_restore_without_checkpoint_is_a_clear_error(tmp_path):
+  ckpt = Checkpointer(tmp_path / "missing")
+  with pytest.raises(FileNotFoundError, match="no finalised checkpoint"):
+    ckpt.restore(_abstract(_state()))
+  ckpt.close()
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+  devices = np.array(jax.devices())
+  assert devices.size == 8
+  mesh8 = Mesh(devices.reshape(8), ("data",))
+  values = np.arange(8 * 6, dtype=np.float32).reshape(8, 6)
+  x = jax.device_put(values, NamedSharding(mesh8, P("data")))
+  ckpt = Checkpointer(tmp_path)
+  ckpt.save(0, {"x": x})
+  ckpt.wait()
+  mesh42 = Mesh(devices.reshape(4, 2), ("a", "b"))
+  target = NamedSharding(mesh42, P("a", "b"))
+  restored, _ = ckpt.restore({"x": jax.ShapeDtypeStruct((8, 6), jnp.float32, sharding=target)})
+  ckpt.close()
+  np.testing.assert_array_equal(np.asarray(restored["x"]), values)
+  assert restored["x"].sharding == target
+  assert restored["x"].addressable_shards[0].data.shape == (2, 3)
