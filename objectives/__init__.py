@@ -1,2 +1,3 @@
 """Pure functional RL objectives over arrays. Importing the package registers them."""
 from objectives import aggregation, registry  # noqa: F401
+from objectives import advantages, grpo, kl  # noqa: F401

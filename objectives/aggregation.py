@@ -90,14 +90,20 @@ def masked_mean(values: Array, mask: Array, axis=None) -> Array:
   return safe_divide(jnp.sum(values * mask, axis=axis), jnp.sum(mask, axis=axis))
 
 
-def masked_whiten(values: Array, mask: Array, *, shift_mean: bool = True, eps: float = 1e-8) -> Array:
-  """(v - mean) / sqrt(var + eps) over unmasked entries (biased variance, as in verl/PRIME).
+def masked_whiten(values: Array, mask: Array, *, shift_mean: bool = True, unbiased: bool = True,
+                  eps: float = 1e-8) -> Array:
+  """(v - mean) / sqrt(var + eps) over unmasked entries, as verl's `masked_whiten`.
 
-  With `shift_mean=False` the mean is added back after scaling. Masked entries are 0.
+  The variance is unbiased (Bessel's correction, n / (n - 1)) by default, as in verl and
+  PRIME; with fewer than two unmasked entries it is taken as 0. With `shift_mean=False`
+  the mean is added back after scaling. Masked entries are 0.
   """
   mask = mask.astype(values.dtype)
   mean = masked_mean(values, mask)
   var = masked_mean(jnp.square(values - mean), mask)
+  if unbiased:
+    count = jnp.sum(mask)
+    var = jnp.where(count > 1, var * count / jnp.maximum(count - 1, 1.0), 0.0)
   whitened = (values - mean) * jnp.reciprocal(jnp.sqrt(var + eps))
   if not shift_mean:
     whitened = whitened + mean

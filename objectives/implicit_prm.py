@@ -1,0 +1,235 @@
+"""Implicit process reward model (PRM): process rewards from an outcome-trained log-ratio.
+
+Yuan et al., "Free Process Rewards without Process Labels" (arXiv 2412.01981; code
+PRIME-RL/ImplicitPRM). Parameterise the outcome reward as r_theta(y) = beta log pi_theta(y) /
+pi_ref(y); then
+
+    q^t = sum_{i <= t} beta log pi_theta(y_i | y_<i) / pi_ref(y_i | y_<i)
+        = beta log E_{pi_ref}[exp(r_theta(y) / beta) | y_<=t]
+
+is a Q-value, and the process reward of step k (tokens between two step ends) is
+r^k = q^{end_k} - q^{end_{k-1}}, the sum of the token rewards of that step. Training the PRM needs
+only outcome labels: `ce_loss` (binary cross-entropy on sigma(r_theta(y))) or `dpo_loss`.
+
+Shapes: responses `[B, T]` (right-padded, `mask` 1 on real tokens); steps `[B, S]`.
+
+Step boundaries are given either as a `[B, T]` mask that is 1 at the last token of each step
+(`step_end_mask`) or as `[B, S]` indices padded with -1 (`step_end_mask_from_indices`). Tokens
+after the last step end belong to no step.
+
+Step-score aggregation (`step_scores(..., aggregate=)`):
+- "min" (default): min over the step rewards r^k. The sheet for the paper's Best-of-N evaluation
+  (`bon_eval.py`) reads "min over steps" of the step reward r^k = q^k - q^{k-1}; the evaluation
+  script itself is not in the stored copy of the repository, so this reading is not verified
+  against code. The EurusPRM model card reads out the cumulative q at step ends instead: that is
+  `aggregate="min_q"`.
+- "min_q": min over the cumulative q^k at the step ends.
+- "sum": sum of the step rewards, which telescopes to q at the last step end.
+- "last": q at the last step end (the same number as "sum"; kept as a name users look for).
+Rows with no step score 0.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from objectives import aggregation, dpo, registry
+
+Array = jax.Array
+
+AGGREGATES = ("min", "min_q", "sum", "last")
+
+
+def _check_rank(name: str, x, rank: int, layout: str) -> None:
+  if jnp.ndim(x) != rank:
+    raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(x)}")
+
+
+def _check_shape(name: str, x, shape, like: str) -> None:
+  if tuple(jnp.shape(x)) != tuple(shape):
+    raise ValueError(f"{name} must have the shape of {like} {tuple(shape)}, got {tuple(jnp.shape(x))}")
+
+
+def _check_beta(beta) -> None:
+  if not isinstance(beta, jax.Array) and not float(beta) > 0:
+    raise ValueError(f"beta must be > 0, got {beta!r}")
+
+
+def token_rewards(logp: Array, ref_logp: Array | None, mask: Array, *, beta: float) -> Array:
+  """Per-token implicit rewards beta (log pi_theta - log pi_ref), 0 on padding.
+
+  Args:
+    logp: `[B, T]` log pi_theta (the PRM) of the response tokens.
+    ref_logp: `[B, T]` log pi_ref, or None for the "without reference" variant of the paper's
+      ablation (reward beta log pi_theta, i.e. a uniform-in-effect reference).
+    mask: `[B, T]`.
+    beta: the PRM's beta (0.05 in the paper's recipes).
+
+  Returns:
+    `[B, T]`.
+  """
+  _check_rank("logp", logp, 2, "[B, T]")
+  _check_shape("mask", mask, jnp.shape(logp), "logp")
+  if ref_logp is not None:
+    _check_shape("ref_logp", ref_logp, jnp.shape(logp), "logp")
+  _check_beta(beta)
+  ratio = logp if ref_logp is None else logp - ref_logp
+  return beta * ratio * mask.astype(logp.dtype)
+
+
+def step_end_mask_from_indices(step_end_indices: Array, length: int) -> Array:
+  """`[B, S]` step-end token indices (-1 = no step) -> `[B, T]` bool step-end mask, T = `length`."""
+  _check_rank("step_end_indices", step_end_indices, 2, "[B, S] with -1 padding")
+  idx = jnp.asarray(step_end_indices)
+  if not jnp.issubdtype(idx.dtype, jnp.integer):
+    raise ValueError(f"step_end_indices must be integers, got dtype {idx.dtype}")
+  idx = jnp.where(idx >= 0, idx, length)  # padding -> out of range -> dropped by the scatter
+  rows = jnp.arange(idx.shape[0])[:, None]
+  return jnp.zeros((idx.shape[0], length), bool).at[rows, idx].set(True, mode="drop")
+
+
+def _step_q(token_rewards_: Array, step_end_mask: Array, max_steps: int | None) -> tuple[Array, Array]:
+  """(q [B, S] at the step ends in order, step_mask [B, S] bool)."""
+  _check_rank("token_rewards", token_rewards_, 2, "[B, T]")
+  _check_shape("step_end_mask", step_end_mask, jnp.shape(token_rewards_), "token_rewards")
+  t = token_rewards_.shape[1]
+  s = t if max_steps is None else int(max_steps)
+  if not 1 <= s <= t:
+    raise ValueError(f"max_steps must be in [1, T={t}], got {max_steps!r}")
+  ends = jnp.asarray(step_end_mask).astype(bool)
+  q_all = jnp.cumsum(token_rewards_, axis=-1)  # [B, T]
+  positions = jnp.arange(t)
+  # Stable order: step ends first, in position order, then all other positions.
+  order = jnp.argsort(jnp.where(ends, positions, t + positions), axis=-1)[:, :s]  # [B, S]
+  q = jnp.take_along_axis(q_all, order, axis=-1)
+  step_mask = jnp.take_along_axis(ends, order, axis=-1)
+  return jnp.where(step_mask, q, 0.0), step_mask
+
+
+def step_rewards(token_rewards: Array, step_end_mask: Array, *, max_steps: int | None = None) -> tuple[Array, Array]:
+  """Step rewards r^k = q^k - q^{k-1} (q^0 = 0): the sum of the token rewards in each step.
+
+  Args:
+    token_rewards: `[B, T]` from `token_rewards`.
+    step_end_mask: `[B, T]`, 1 at the last token of each step.
+    max_steps: S, the number of step slots (static); default T. Steps beyond S are dropped.
+
+  Returns:
+    (rewards `[B, S]`, step_mask `[B, S]` bool), rewards 0 where there is no step.
+  """
+  q, step_mask = _step_q(token_rewards, step_end_mask, max_steps)
+  prev = jnp.concatenate([jnp.zeros_like(q[:, :1]), q[:, :-1]], axis=1)
+  return jnp.where(step_mask, q - prev, 0.0), step_mask
+
+
+def step_scores(token_rewards: Array, step_end_mask: Array, *, aggregate: str = "min",
+                max_steps: int | None = None) -> tuple[Array, Array]:
+  """Q-values at step ends and an aggregated response score.
+
+  Args:
+    token_rewards: `[B, T]` from `token_rewards`.
+    step_end_mask: `[B, T]`, 1 at the last token of each step (see `step_end_mask_from_indices`).
+    aggregate: one of `AGGREGATES` (see module docstring); "min" by default.
+    max_steps: S (static), default T.
+
+  Returns:
+    (q `[B, S]`: cumulative implicit reward at the k-th step end, 0 where there is no step;
+     score `[B]`: 0 for rows without steps).
+  """
+  if aggregate not in AGGREGATES:
+    raise ValueError(f"aggregate={aggregate!r} is not one of {AGGREGATES}")
+  q, step_mask = _step_q(token_rewards, step_end_mask, max_steps)
+  has_step = jnp.any(step_mask, axis=-1)
+  if aggregate in ("sum", "last"):
+    num = jnp.sum(step_mask.astype(jnp.int32), axis=-1)
+    last = jnp.take_along_axis(q, jnp.maximum(num - 1, 0)[:, None], axis=-1)[:, 0]
+    return q, jnp.where(has_step, last, 0.0)
+  if aggregate == "min_q":
+    values = q
+  else:
+    prev = jnp.concatenate([jnp.zeros_like(q[:, :1]), q[:, :-1]], axis=1)
+    values = q - prev
+  big = jnp.asarray(jnp.finfo(q.dtype).max, q.dtype)
+  score = jnp.min(jnp.where(step_mask, values, big), axis=-1)
+  return q, jnp.where(has_step, score, 0.0)
+
+
+def sequence_rewards(logp: Array, ref_logp: Array | None, mask: Array, *, beta: float) -> Array:
+  """`[B]` outcome reward r_theta(y) = beta sum_t m_t (logp - ref_logp)."""
+  return jnp.sum(token_rewards(logp, ref_logp, mask, beta=beta), axis=-1)
+
+
+def ce_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *, beta: float) -> tuple[Array, dict]:
+  """Cross-entropy implicit-PRM loss (ImplicitPRM `ce_trainer.py`; PRIME `compute_ce_dpo_loss_rm`).
+
+  L = mean_b BCE(sigma(r_theta(y_b)), l_b) = -mean_b [l log sigma(r) + (1 - l) log sigma(-r)],
+  r = beta sum_t m_t (logp - ref_logp), computed from logits (stable for large |r|).
+
+  Args:
+    logp, ref_logp, mask: `[B, T]` (ref_logp may be None, see `token_rewards`).
+    labels: `[B]` outcome labels in [0, 1] (soft labels allowed).
+    beta: PRM beta (0.05 in PRIME and ImplicitPRM).
+
+  Returns:
+    (scalar loss, metrics) with `loss/prm_ce`, `stats/prm_reward_mean`, `stats/prm_accuracy`
+    (sign of r agrees with the label, labels thresholded at 0.5).
+  """
+  total, den, metrics = ce_loss_terms(logp, ref_logp, mask, labels, beta=beta)
+  return aggregation.safe_divide(total, den), metrics
+
+
+def ce_loss_terms(logp, ref_logp, mask, labels, *, beta):
+  """`ce_loss` as (sum over sequences, number of sequences, metrics)."""
+  r = sequence_rewards(logp, ref_logp, mask, beta=beta)  # [B]
+  labels = jnp.asarray(labels)
+  _check_shape("labels", labels, r.shape, "logp[:, 0]")
+  labels = labels.astype(r.dtype)
+  per_seq = -(labels * jax.nn.log_sigmoid(r) + (1.0 - labels) * jax.nn.log_sigmoid(-r))
+  total = jnp.sum(per_seq)
+  den = jnp.asarray(r.shape[0], r.dtype)
+  rs = jax.lax.stop_gradient(r)
+  metrics = {
+      "loss/prm_ce": total / den,
+      "stats/prm_reward_mean": jnp.mean(rs),
+      "stats/prm_accuracy": jnp.mean(((rs > 0) == (labels > 0.5)).astype(r.dtype)),
+  }
+  return total, den, metrics
+
+
+def dpo_loss(chosen_logp: Array, chosen_ref_logp: Array, chosen_mask: Array, rejected_logp: Array,
+             rejected_ref_logp: Array, rejected_mask: Array, *, beta: float) -> tuple[Array, dict]:
+  """DPO implicit-PRM loss: -mean log sigma(beta [log ratio(y_w) - log ratio(y_l)]).
+
+  Args:
+    chosen_logp, chosen_ref_logp, chosen_mask: `[B, T]` per-token log-probs of the preferred
+      (correct) responses under the PRM and the reference, and their mask.
+    rejected_logp, rejected_ref_logp, rejected_mask: `[B, T']` for the rejected responses.
+    beta: PRM beta.
+
+  Returns:
+    (scalar loss, metrics) from `objectives.dpo.loss` with loss_type "sigmoid".
+  """
+  for name, x, m in (("chosen_logp", chosen_logp, chosen_mask), ("rejected_logp", rejected_logp, rejected_mask)):
+    _check_rank(name, x, 2, "[B, T]")
+    _check_shape(name.replace("logp", "mask"), m, jnp.shape(x), name)
+  _check_shape("chosen_ref_logp", chosen_ref_logp, jnp.shape(chosen_logp), "chosen_logp")
+  _check_shape("rejected_ref_logp", rejected_ref_logp, jnp.shape(rejected_logp), "rejected_logp")
+  if jnp.shape(chosen_logp)[0] != jnp.shape(rejected_logp)[0]:
+    raise ValueError(f"chosen_logp and rejected_logp must have the same batch size B, got "
+                     f"{jnp.shape(chosen_logp)} and {jnp.shape(rejected_logp)}")
+  seq = lambda x, m: jnp.sum(x * m.astype(x.dtype), axis=-1)  # noqa: E731
+  return dpo.loss(seq(chosen_logp, chosen_mask), seq(chosen_ref_logp, chosen_mask),
+                  seq(rejected_logp, rejected_mask), seq(rejected_ref_logp, rejected_mask),
+                  beta=beta, loss_type="sigmoid")
+
+
+@registry.register("implicit_prm_ce")
+def implicit_prm_ce_objective(logp, batch, *, beta=0.05):
+  """Registered PRM update (PRIME online PRM): `fn(logp [B, T] of the PRM, batch)`.
+
+  Uses `batch["ref_logp"]`, `batch["mask"]` and the outcome labels `batch["rewards"]` `[B]` in
+  [0, 1]; returns (sum of BCE, B, metrics).
+  """
+  if "ref_logp" not in batch:
+    raise KeyError("objective 'implicit_prm_ce' needs batch['ref_logp'] (the reference model's log-probs)")
+  return ce_loss_terms(logp, batch["ref_logp"], batch["mask"], batch["rewards"], beta=beta)

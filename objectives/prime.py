@@ -1,0 +1,171 @@
+"""PRIME advantages: leave-one-out baselines on implicit process rewards and outcome rewards.
+
+Cui et al., "Process Reinforcement through Implicit Rewards" (arXiv 2502.01456; code PRIME-RL/PRIME,
+`verl/trainer/ppo/core_algos.py::compute_rloo_returns`, `ray_trainer.py::filter`).
+
+Two reward sources, each on its own tokens of a `[B, T]` response batch (rows group-major, K =
+`group_size` responses per prompt):
+- process rewards p_{i,t} on every response token (the implicit PRM's token rewards, see
+  `objectives.implicit_prm.token_rewards`), weighted by `process_coef`;
+- the outcome (verifier) reward o_i on the last response token, weighted by `outcome_coef`.
+
+For each source separately the official code replaces a reward r_{i,t} on that source's tokens by
+
+    r_{i,t} K / (K - 1) - sum_j mean_s(r_{j,s}) / (K - 1)          (sum over the K group rows)
+  = r_{i,t} - mean_{j != i} mean_s(r_{j,s}) + (r_{i,t} - mean_s(r_{i,s})) / (K - 1),
+
+where mean_s is over that source's tokens of row j. For the outcome source (one token per row)
+the last term vanishes and this is standard RLOO, o_i - mean_{j != i} o_j. For process rewards the
+README and paper describe only the leave-one-out mean of the averaged process rewards as the
+baseline; the code's algebra adds the extra (r_{i,t} - mean_s r_{i,s}) / (K - 1) term. We follow
+the code (`rloo_token_rewards`).
+
+Returns are reverse discounted sums per source (G_t = sum_{s >= t} gamma^{s-t} r_s; gamma = 1 in
+the recipes), added over sources, and the advantages are the returns whitened over all unmasked
+tokens of the batch (`objectives.aggregation.masked_whiten`). Note: verl's `masked_whiten` uses the
+unbiased (Bessel-corrected) variance; `aggregation.masked_whiten` uses the biased one, which differs
+by a factor sqrt(n / (n - 1)) for n unmasked tokens.
+
+Differences from the code, on inputs it cannot handle: a row with no unmasked token gets a process
+mean of 0 (the code's empty mean is NaN) and no outcome token; its outcome reward still enters its
+group's baseline. Rows must be right-padded (the code places the outcome reward at index
+`len - 1`; we place it at the last unmasked token, the same position for right padding).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from objectives import aggregation
+
+Array = jax.Array
+
+
+def _check_rank(name: str, x, rank: int, layout: str) -> None:
+  if jnp.ndim(x) != rank:
+    raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(x)}")
+
+
+def _check_shape(name: str, x, shape, like: str) -> None:
+  if tuple(jnp.shape(x)) != tuple(shape):
+    raise ValueError(f"{name} must have the shape of {like} {tuple(shape)}, got {tuple(jnp.shape(x))}")
+
+
+def _check_group(batch_size: int, group_size) -> int:
+  if not isinstance(group_size, int) or group_size < 2 or batch_size % group_size:
+    raise ValueError(f"group_size={group_size!r} must be an integer >= 2 dividing the batch size {batch_size}")
+  return group_size
+
+
+def last_token_mask(mask: Array) -> Array:
+  """`[B, T]` bool, True at the last unmasked token of each row (none for all-zero rows)."""
+  _check_rank("mask", mask, 2, "[B, T]")
+  m = jnp.asarray(mask).astype(bool)
+  t = m.shape[1]
+  last = t - 1 - jnp.argmax(m[:, ::-1], axis=-1)  # [B]
+  return (jnp.arange(t)[None, :] == last[:, None]) & jnp.any(m, axis=-1, keepdims=True)
+
+
+def rloo_token_rewards(rewards: Array, source_mask: Array, *, group_size: int) -> Array:
+  """PRIME's leave-one-out transform of one reward source (see module docstring).
+
+  Args:
+    rewards: `[B, T]` rewards of one source (values off `source_mask` are ignored).
+    source_mask: `[B, T]`, 1 on the tokens that carry this source's reward.
+    group_size: K >= 2 rows per prompt, group-major.
+
+  Returns:
+    `[B, T]`: r K/(K-1) - sum_j mean_s(r_j)/(K-1) on the source's tokens, 0 elsewhere.
+  """
+  _check_rank("rewards", rewards, 2, "[B, T]")
+  _check_shape("source_mask", source_mask, jnp.shape(rewards), "rewards")
+  b, t = rewards.shape
+  k = _check_group(b, group_size)
+  m = jnp.asarray(source_mask).astype(rewards.dtype)
+  row_mean = aggregation.masked_mean(rewards, m, axis=-1)  # [B], 0 for empty rows
+  group_sum = jnp.sum(row_mean.reshape(-1, k), axis=-1)  # [B / K]
+  baseline = jnp.repeat(group_sum / (k - 1), k)  # [B]
+  return (rewards * (k / (k - 1)) - baseline[:, None]) * m
+
+
+def discounted_returns(rewards: Array, *, gamma: float = 1.0) -> Array:
+  """`[B, T]` reverse discounted cumulative sum G_t = r_t + gamma G_{t+1} (G_T = 0)."""
+  _check_rank("rewards", rewards, 2, "[B, T]")
+  if gamma == 1.0:
+    return jnp.flip(jnp.cumsum(jnp.flip(rewards, axis=-1), axis=-1), axis=-1)
+
+  def body(carry, r_t):  # r_t [B]
+    g = r_t + gamma * carry
+    return g, g
+
+  _, g = jax.lax.scan(body, jnp.zeros_like(rewards[:, 0]), rewards.T, reverse=True)
+  return g.T
+
+
+def prime_advantages(process_rewards: Array | None, outcome_rewards: Array | None, mask: Array, *,
+                     group_size: int, process_coef: float = 5.0, outcome_coef: float = 5.0,
+                     process_gamma: float = 1.0, outcome_gamma: float = 1.0,
+                     whiten: bool = True) -> tuple[Array, Array]:
+  """PRIME token advantages from process and outcome rewards (official `compute_rloo_returns`).
+
+  Args:
+    process_rewards: `[B, T]` implicit process (token) rewards, or None. The official code uses
+      log pi_phi - log pi_ref (no beta) as the token reward, scaled by `process_coef`; verl's later
+      recipe multiplies by beta first. Either way the source is linear, so pass what you use.
+    outcome_rewards: `[B]` verifier rewards (e.g. 0/1 correctness), or None.
+    mask: `[B, T]` response mask, right-padded.
+    group_size: K responses per prompt (group-major rows).
+    process_coef, outcome_coef: per-source weights (5 and 5 in the PRIME recipe).
+    process_gamma, outcome_gamma: discounts of each source's return (1 in the recipe).
+    whiten: whiten the summed returns over the batch's unmasked tokens.
+
+  Returns:
+    (advantages `[B, T]`, returns `[B, T]`), both 0 on padding.
+  """
+  _check_rank("mask", mask, 2, "[B, T]")
+  b, t = jnp.shape(mask)
+  _check_group(b, group_size)
+  if process_rewards is None and outcome_rewards is None:
+    raise ValueError("prime_advantages needs process_rewards, outcome_rewards or both; got neither")
+  dtype = jnp.result_type(*(x for x in (process_rewards, outcome_rewards) if x is not None), jnp.float32)
+  maskf = jnp.asarray(mask).astype(dtype)
+  returns = jnp.zeros((b, t), dtype)
+  if process_rewards is not None:
+    _check_shape("process_rewards", process_rewards, (b, t), "mask")
+    p = jnp.asarray(process_rewards, dtype) * process_coef
+    returns = returns + discounted_returns(rloo_token_rewards(p, maskf, group_size=group_size),
+                                           gamma=process_gamma)
+  if outcome_rewards is not None:
+    _check_shape("outcome_rewards", outcome_rewards, (b,), "mask[:, 0]")
+    last = last_token_mask(maskf)  # [B, T]
+    o = jnp.asarray(outcome_rewards, dtype) * outcome_coef
+    # One outcome token per row, so the transform is RLOO on o; computing it from o [B] directly
+    # keeps rows without tokens in their group's baseline.
+    k = group_size
+    o_rloo = o * (k / (k - 1)) - jnp.repeat(jnp.sum(o.reshape(-1, k), axis=-1) / (k - 1), k)  # [B]
+    returns = returns + discounted_returns(jnp.where(last, o_rloo[:, None], 0.0), gamma=outcome_gamma)
+  returns = returns * maskf
+  advantages = aggregation.masked_whiten(returns, maskf) if whiten else returns
+  return advantages, returns
+
+
+def accuracy_filter(correct: Array, *, group_size: int, low: float = 0.2, high: float = 0.8) -> Array:
+  """Keeps the prompts whose group accuracy is in [low, high] (PRIME `ray_trainer.py::filter`).
+
+  Args:
+    correct: `[B]` 0/1 (or fractional) correctness, group-major.
+    group_size: K rows per prompt.
+    low, high: inclusive bounds on the group mean (0.2 and 0.8 in the recipe).
+
+  Returns:
+    `[B]` bool, the same value for every row of a group.
+  """
+  _check_rank("correct", correct, 1, "[B]")
+  b = jnp.shape(correct)[0]
+  if not isinstance(group_size, int) or group_size < 1 or b % group_size:
+    raise ValueError(f"group_size={group_size!r} must be a positive integer dividing the batch size {b}")
+  if not low <= high:
+    raise ValueError(f"low={low} must be <= high={high}")
+  acc = jnp.mean(jnp.asarray(correct, jnp.float32).reshape(-1, group_size), axis=-1)
+  keep = (acc >= low) & (acc <= high)
+  return jnp.repeat(keep, group_size)
