@@ -256,7 +256,7 @@ def likelihood_loss(cot_logp: Array, cot_mask: Array, answer_logp: Array, answer
     raise ValueError(f"answer_logp must have the batch size of cot_logp ({b}), got shape {jnp.shape(answer_logp)}")
   _check_shape("advantages", advantages, (b,), "cot_logp[:, 0]")
   dtype = cot_logp.dtype
-  adv = jnp.asarray(advantages, dtype)
+  adv = jax.lax.stop_gradient(jnp.asarray(advantages, dtype))
   w = jnp.ones((b,), dtype) if sft_weights is None else jnp.asarray(sft_weights, dtype)
   if sft_weights is not None:
     _check_shape("sft_weights", sft_weights, (b,), "cot_logp[:, 0]")

@@ -22,9 +22,8 @@ the code (`rloo_token_rewards`).
 
 Returns are reverse discounted sums per source (G_t = sum_{s >= t} gamma^{s-t} r_s; gamma = 1 in
 the recipes), added over sources, and the advantages are the returns whitened over all unmasked
-tokens of the batch (`objectives.aggregation.masked_whiten`). Note: verl's `masked_whiten` uses the
-unbiased (Bessel-corrected) variance; `aggregation.masked_whiten` uses the biased one, which differs
-by a factor sqrt(n / (n - 1)) for n unmasked tokens.
+tokens of the batch (`objectives.aggregation.masked_whiten`: unbiased variance and eps 1e-8, as
+verl's `masked_whiten`).
 
 Differences from the code, on inputs it cannot handle: a row with no unmasked token gets a process
 mean of 0 (the code's empty mean is NaN) and no outcome token; its outcome reward still enters its
