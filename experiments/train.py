@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
@@ -21,6 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax) would drown the progress bar
   from jaxrl_reward import trainer  # after flag parsing: keeps --help fast
 
   result = trainer.train(_CONFIG.value, _WORKDIR.value)

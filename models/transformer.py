@@ -1,0 +1,420 @@
+"""Decoder-only language model (Llama / Qwen2 / Qwen3 family) in flax.nnx.
+
+Architecture (pre-norm, as in Llama; arXiv 2302.13971):
+
+  h_0 = embed_tokens[input_ids]
+  h   = h + o_proj(Attention(RoPE(q_norm(q_proj(RMSNorm(h)))), RoPE(k_norm(k_proj(.))), v_proj(.)))
+  h   = h + down_proj(silu(gate_proj(RMSNorm(h))) * up_proj(RMSNorm(h)))        # SwiGLU
+  logits = RMSNorm(h) @ unembedding                                              # [B, T, V] float32
+
+Variants selected by the config: `qkv_bias` (Qwen2), `qk_norm` (per-head RMSNorm on q and k
+before RoPE, Qwen3), `tie_word_embeddings` (unembedding = embedding.T), grouped-query
+attention (`num_kv_heads` < `num_heads`).
+
+Parameter names follow Hugging Face's (`embed_tokens`, `layers[i].self_attn.q_proj`,
+`layers[i].mlp.gate_proj`, `layers[i].input_layernorm`, `norm`, `lm_head`) so that a weight
+mapping is a reshape / transpose per tensor. Kernels are stored input-major:
+`q_proj.kernel` is `[D, N, H]` (HF: `weight` `[N*H, D]`), `o_proj.kernel` is `[N, H, D]`,
+`gate_proj.kernel` is `[D, F]`, `embed_tokens.embedding` is `[V, D]`, `lm_head.kernel` is `[D, V]`.
+
+Every parameter carries logical axis names (`embed`, `vocab`, `mlp`, `heads`, `kv_heads`,
+`head_dim`, `norm`) in its `out_sharding` metadata, without eager sharding, so a mesh and
+logical-axis rules can be applied later (`nnx.get_partition_spec`).
+
+Shapes: B batch, T new tokens, S cache length, D hidden, N query heads, KV key/value heads,
+G = N / KV query heads per KV head, H head dim, F intermediate size, V vocabulary, L layers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+# Large finite negative value for masked attention logits: a query whose keys are all
+# masked gets a uniform (finite) softmax instead of NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Sizes and options of a decoder-only transformer.
+
+  `dtype` is the compute dtype of activations and matmuls; `param_dtype` the storage dtype
+  of parameters. Logits are always returned in float32. `initializer_range` is the standard
+  deviation of the normal initialiser of every kernel and embedding (HF's default 0.02).
+  """
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  intermediate_size: int
+  rope_theta: float = 10000.0
+  rms_norm_eps: float = 1e-6
+  qkv_bias: bool = False
+  qk_norm: bool = False
+  tie_word_embeddings: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  max_position_embeddings: int = 2048
+  initializer_range: float = 0.02
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                 "head_dim", "intermediate_size"):
+      if int(getattr(self, name)) <= 0:
+        raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"TransformerConfig.num_heads ({self.num_heads}) must be a multiple of "
+          f"num_kv_heads ({self.num_kv_heads})")
+    if self.head_dim % 2:
+      raise ValueError(f"TransformerConfig.head_dim must be even for RoPE, got {self.head_dim}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in _DTYPES:
+        raise ValueError(
+            f"TransformerConfig.{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
+
+  @property
+  def compute_dtype(self):
+    return _DTYPES[self.dtype]
+
+  @property
+  def params_dtype(self):
+    return _DTYPES[self.param_dtype]
+
+
+_CONFIGS: dict[str, dict[str, Any]] = {
+    # For unit tests: compiles in seconds on CPU.
+    "micro": dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=8, intermediate_size=64),
+    # The default experiment's policy: trains in minutes on 2 CPU cores.
+    "mini": dict(vocab_size=64, hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2,
+                 head_dim=32, intermediate_size=512),
+    # For end-to-end runs on CPU; set vocab_size to the tokenizer's.
+    "tiny": dict(vocab_size=64, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+                 head_dim=64, intermediate_size=1024),
+    # ~48M parameters (tied embeddings) with a 32000-token vocabulary.
+    "small": dict(vocab_size=32000, hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4,
+                  head_dim=64, intermediate_size=2048, tie_word_embeddings=True),
+}
+
+
+def config_names() -> tuple[str, ...]:
+  """Names accepted by `get_config`."""
+  return tuple(_CONFIGS)
+
+
+def get_config(name: str, **overrides) -> TransformerConfig:
+  """Named size config ("micro", "mini", "tiny", "small") with field overrides.
+
+  Raises:
+    ValueError: if `name` is unknown or an override is not a `TransformerConfig` field.
+  """
+  if name not in _CONFIGS:
+    raise ValueError(f"get_config: unknown config name {name!r}; expected one of {list(_CONFIGS)}")
+  fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(
+        f"get_config: unknown override field(s) {unknown}; TransformerConfig fields are "
+        f"{sorted(fields)}")
+  return TransformerConfig(**{**_CONFIGS[name], **overrides})
+
+
+class KVCache(NamedTuple):
+  """Static-size key/value cache (a pytree).
+
+  k, v:      [L, B, S, KV, H] keys (after RoPE) and values of every layer.
+  key_mask:  [B, S] bool, True where slot s holds a real (non-padding) token.
+  index:     int32 scalar, the next slot to write (same for every row).
+  """
+  k: Array
+  v: Array
+  key_mask: Array
+  index: Array
+
+
+def _param(rngs: nnx.Rngs, init, shape, names, dtype) -> nnx.Param:
+  init = nnx.with_partitioning(init, names, eager_sharding=False)
+  return nnx.Param(init(rngs.params(), shape, dtype))
+
+
+class RMSNorm(nnx.Module):
+  """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32 (Zhang & Sennrich 2019)."""
+
+  def __init__(self, dim: int, *, eps: float, param_dtype, rngs: nnx.Rngs):
+    self.eps = eps
+    self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("norm",), param_dtype)
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class Projection(nnx.Module):
+  """Linear map `einsum(spec, x, kernel) (+ bias)` with named kernel axes."""
+
+  def __init__(self, spec: str, kernel_shape, kernel_axes, *, bias_shape=None, bias_axes=None,
+               config: TransformerConfig, rngs: nnx.Rngs):
+    self.spec = spec
+    self.dtype = config.compute_dtype
+    init = nnx.initializers.normal(config.initializer_range)
+    self.kernel = _param(rngs, init, tuple(kernel_shape), tuple(kernel_axes), config.params_dtype)
+    if bias_shape is not None:
+      self.bias = _param(rngs, nnx.initializers.zeros, tuple(bias_shape), tuple(bias_axes),
+                         config.params_dtype)
+    else:
+      self.bias = None
+
+  def __call__(self, x: Array) -> Array:
+    y = jnp.einsum(self.spec, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class Embed(nnx.Module):
+  """Token embedding table `embedding` [V, D] (names `vocab`, `embed`)."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.dtype = config.compute_dtype
+    self.embedding = _param(rngs, nnx.initializers.normal(config.initializer_range),
+                            (config.vocab_size, config.hidden_size), ("vocab", "embed"),
+                            config.params_dtype)
+
+  def __call__(self, ids: Array) -> Array:
+    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)  # [B, T, D]
+
+
+def rope(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary position embedding, HF "rotate_half" layout (Su et al. 2021, arXiv 2104.09864).
+
+  Args:
+    x: [B, T, heads, H].
+    positions: [B, T] int.
+  Returns:
+    [B, T, heads, H] in x.dtype; the rotation is computed in float32.
+  """
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / x.shape[-1]))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = x32[..., :half], x32[..., half:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with RoPE, optional qkv bias and q/k RMSNorm."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    d, n, kv, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+    bias = c.qkv_bias
+    self.q_proj = Projection("btd,dnh->btnh", (d, n, h), ("embed", "heads", "head_dim"),
+                             bias_shape=(n, h) if bias else None, bias_axes=("heads", "head_dim"),
+                             config=c, rngs=rngs)
+    self.k_proj = Projection("btd,dnh->btnh", (d, kv, h), ("embed", "kv_heads", "head_dim"),
+                             bias_shape=(kv, h) if bias else None,
+                             bias_axes=("kv_heads", "head_dim"), config=c, rngs=rngs)
+    self.v_proj = Projection("btd,dnh->btnh", (d, kv, h), ("embed", "kv_heads", "head_dim"),
+                             bias_shape=(kv, h) if bias else None,
+                             bias_axes=("kv_heads", "head_dim"), config=c, rngs=rngs)
+    self.o_proj = Projection("btnh,nhd->btd", (n, h, d), ("heads", "head_dim", "embed"),
+                             config=c, rngs=rngs)
+    if c.qk_norm:
+      self.q_norm = RMSNorm(h, eps=c.rms_norm_eps, param_dtype=c.params_dtype, rngs=rngs)
+      self.k_norm = RMSNorm(h, eps=c.rms_norm_eps, param_dtype=c.params_dtype, rngs=rngs)
+    else:
+      self.q_norm = None
+      self.k_norm = None
+
+  def project_kv(self, x: Array, positions: Array) -> tuple[Array, Array]:
+    """Keys (after k_norm and RoPE) and values, each [B, T, KV, H]."""
+    k = self.k_proj(x)
+    if self.k_norm is not None:
+      k = self.k_norm(k)
+    return rope(k, positions, self.config.rope_theta), self.v_proj(x)
+
+  def __call__(self, x: Array, positions: Array, keys: Array, values: Array,
+               mask: Array) -> Array:
+    """Attends the queries of x to the given keys / values.
+
+    Args:
+      x: [B, T, D] normalised input.
+      positions: [B, T] positions of the queries.
+      keys, values: [B, S, KV, H] (already rotated keys).
+      mask: [B, T, S] bool, True where query t may attend key s.
+    Returns:
+      [B, T, D].
+    """
+    c = self.config
+    q = self.q_proj(x)
+    if self.q_norm is not None:
+      q = self.q_norm(q)
+    q = rope(q, positions, c.rope_theta)  # [B, T, N, H]
+    b, t, n, h = q.shape
+    kv = keys.shape[2]
+    q = q.reshape(b, t, kv, n // kv, h)  # [B, T, KV, G, H]
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, keys.astype(q.dtype),
+                        preferred_element_type=jnp.float32) * (h ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)  # [B, KV, G, T, S]
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, values.astype(q.dtype))
+    return self.o_proj(out.reshape(b, t, n, h))
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x)) (Shazeer 2020, arXiv 2002.05202)."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    d, f = config.hidden_size, config.intermediate_size
+    self.gate_proj = Projection("btd,df->btf", (d, f), ("embed", "mlp"), config=config, rngs=rngs)
+    self.up_proj = Projection("btd,df->btf", (d, f), ("embed", "mlp"), config=config, rngs=rngs)
+    self.down_proj = Projection("btf,fd->btd", (f, d), ("mlp", "embed"), config=config, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+  """Pre-norm block: h + attn(norm(h)), then h + mlp(norm(h))."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.input_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, param_dtype=c.params_dtype,
+                                   rngs=rngs)
+    self.self_attn = Attention(c, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps,
+                                            param_dtype=c.params_dtype, rngs=rngs)
+    self.mlp = MLP(c, rngs=rngs)
+
+
+class LMHead(nnx.Module):
+  """Untied output projection `kernel` [D, V] (names `embed`, `vocab`)."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.kernel = _param(rngs, nnx.initializers.normal(config.initializer_range),
+                         (config.hidden_size, config.vocab_size), ("embed", "vocab"),
+                         config.params_dtype)
+
+
+def default_positions(attention_mask: Array, offset: Array | None = None) -> Array:
+  """Positions `offset + cumsum(mask) - 1`, clipped at 0: [B, T] int32.
+
+  With left padding the first real token gets position 0; padding gets position 0 too
+  (its value never matters because padded keys are masked). `offset` [B] counts the real
+  tokens already in a cache.
+  """
+  pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
+  if offset is not None:
+    pos = pos + offset.astype(jnp.int32)[:, None]
+  return jnp.maximum(pos, 0)
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM; see the module docstring."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    self.embed_tokens = Embed(c, rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(c, rngs=rngs) for _ in range(c.num_layers)])
+    self.norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, param_dtype=c.params_dtype, rngs=rngs)
+    self.lm_head = None if c.tie_word_embeddings else LMHead(c, rngs=rngs)
+
+  def unembedding(self) -> Array:
+    """Output projection [D, V] in param_dtype (embedding.T when tied)."""
+    if self.lm_head is None:
+      return self.embed_tokens.embedding[...].T
+    return self.lm_head.kernel[...]
+
+  def logits(self, hidden: Array) -> Array:
+    """[..., D] final-normed hidden -> [..., V] float32 logits (matmul in the compute dtype)."""
+    return jnp.einsum("...d,dv->...v", hidden, self.unembedding().astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+    """Empty cache with `max_length` slots per row; dtype defaults to the compute dtype."""
+    c = self.config
+    dtype = c.compute_dtype if dtype is None else dtype
+    shape = (c.num_layers, batch_size, max_length, c.num_kv_heads, c.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   key_mask=jnp.zeros((batch_size, max_length), bool),
+                   index=jnp.zeros((), jnp.int32))
+
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
+               positions: Array | None = None, cache: KVCache | None = None,
+               return_hidden: bool = False):
+    """Forward pass.
+
+    Args:
+      input_ids: [B, T] int token ids.
+      attention_mask: [B, T], 1 on real tokens, 0 on padding (default all ones).
+      positions: [B, T] RoPE positions. Default: `cumsum(mask) - 1` (clipped at 0), offset
+        by the number of real tokens already in `cache`.
+      cache: optional KVCache. The T new keys/values are written at slots
+        [index, index + T); query t (slot index + t) attends every slot s <= index + t whose
+        key_mask is set.
+      return_hidden: return the final-normed hidden states [B, T, D] (compute dtype)
+        instead of logits.
+    Returns:
+      logits [B, T, V] float32 (or hidden), and the updated cache if one was given.
+    """
+    if input_ids.ndim != 2:
+      raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
+    b, t = input_ids.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((b, t), jnp.int32)
+    if attention_mask.shape != (b, t):
+      raise ValueError(
+          f"attention_mask must have the shape of input_ids {(b, t)}, got {attention_mask.shape}")
+    real = attention_mask.astype(bool)
+
+    if cache is None:
+      if positions is None:
+        positions = default_positions(attention_mask)
+      causal = jnp.tril(jnp.ones((t, t), bool))
+      mask = causal[None] & real[:, None, :]  # [B, T, T]
+    else:
+      if positions is None:
+        positions = default_positions(attention_mask, jnp.sum(cache.key_mask, axis=-1))
+      s = cache.k.shape[2]
+      index = cache.index
+      key_mask = jax.lax.dynamic_update_slice(cache.key_mask, real, (0, index))  # [B, S]
+      query_slot = index + jnp.arange(t)  # [T]
+      causal = jnp.arange(s)[None, :] <= query_slot[:, None]  # [T, S]
+      mask = causal[None] & key_mask[:, None, :]  # [B, T, S]
+      cache_k, cache_v = cache.k, cache.v
+
+    x = self.embed_tokens(input_ids)  # [B, T, D]
+    for i, layer in enumerate(self.layers):
+      y = layer.input_layernorm(x)
+      k, v = layer.self_attn.project_kv(y, positions)  # [B, T, KV, H]
+      if cache is not None:
+        cache_k = jax.lax.dynamic_update_slice(
+            cache_k, k.astype(cache_k.dtype)[None], (i, 0, index, 0, 0))
+        cache_v = jax.lax.dynamic_update_slice(
+            cache_v, v.astype(cache_v.dtype)[None], (i, 0, index, 0, 0))
+        k, v = cache_k[i], cache_v[i]  # [B, S, KV, H]
+      x = x + layer.self_attn(y, positions, k, v, mask)
+      x = x + layer.mlp(layer.post_attention_layernorm(x))
+
+    hidden = self.norm(x)
+    out = hidden if return_hidden else self.logits(hidden)
+    if cache is None:
+      return out
+    return out, KVCache(k=cache_k, v=cache_v, key_mask=key_mask, index=index + t)
