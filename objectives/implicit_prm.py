@@ -9,7 +9,7 @@ pi_ref(y); then
 
 is a Q-value, and the process reward of step k (tokens between two step ends) is
 r^k = q^{end_k} - q^{end_{k-1}}, the sum of the token rewards of that step. Training the PRM needs
-only outcome labels: `ce_loss` (binary cross-entropy on sigma(r_theta(y))) or `dpo_loss`.
+only outcome labels: `ce_loss` (binary cross-entropy on sigma(r_theta(y))), `dpo_loss` or `kto_loss`.
 
 Shapes: responses `[B, T]` (right-padded, `mask` 1 on real tokens); steps `[B, S]`.
 
@@ -233,3 +233,75 @@ def implicit_prm_ce_objective(logp, batch, *, beta=0.05):
   if "ref_logp" not in batch:
     raise KeyError("objective 'implicit_prm_ce' needs batch['ref_logp'] (the reference model's log-probs)")
   return ce_loss_terms(logp, batch["ref_logp"], batch["mask"], batch["rewards"], beta=beta)
+
+
+def kto_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *, beta: float,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+             kl_reference: Array | float | None = None) -> tuple[Array, dict]:
+  """KTO implicit-PRM loss (Ethayarajh et al., arXiv 2402.01306, Eq. 7; one of ImplicitPRM's losses).
+
+  With the log-ratio rho_b = sum_t m_t (logp - ref_logp) of response b, the implicit reward
+  r_b = beta rho_b and a reference point z0 = beta KL (KL in nats, no gradient):
+
+      L = (1/B) sum_b [ l_b w_d (1 - sigma(r_b - z0)) + (1 - l_b) w_u (1 - sigma(z0 - r_b)) ],
+
+  i.e. TRL's `KTOTrainer.kto_loss` with `loss_type="kto"`: 1 - sigma(beta (rho - KL)) for the
+  desirable and 1 - sigma(beta (KL - rho)) for the undesirable responses, each weighted, then one
+  mean over all B responses (`losses.mean()` of the concatenation, not a mean per class).
+
+  The KL reference point:
+  - `kl_reference=None`: KL = max(mean_b rho_b, 0) over this batch's responses, stop-gradiented.
+    TRL takes the same clamped, detached mean, but over *mismatched* pairs (each prompt with the
+    completion of another prompt of the batch, its "KL dataset") and all-gathered over devices.
+    The in-batch default is the simpler estimate of the same quantity E[log pi / pi_ref] under
+    the data; it differs from TRL's, and it is per (micro-)batch.
+  - `kl_reference` given: that scalar KL (nats, the units of rho) is used as is, stop-gradiented
+    and not clamped; pass TRL's mismatched-pair estimate `max(mean rho_KL, 0)` here to reproduce
+    it exactly, or 0 for a fixed reference point.
+
+  Args:
+    logp, ref_logp, mask: `[B, T]` (ref_logp may be None, see `token_rewards`).
+    labels: `[B]` outcome labels: 1 / True = desirable (correct), 0 / False = undesirable;
+      numeric labels are thresholded at 0.5.
+    beta: PRM beta (> 0).
+    desirable_weight, undesirable_weight: w_d, w_u (>= 0); KTO recommends
+      w_d n_d / (w_u n_u) in [1, 4/3] for class counts n_d, n_u.
+    kl_reference: optional scalar reference KL (see above).
+
+  Returns:
+    (scalar loss, metrics) with `loss/prm_kto`, `stats/prm_kl` (the KL used, nats),
+    `stats/prm_reward_mean`, `stats/prm_reward_desirable` / `stats/prm_reward_undesirable`
+    (mean r over each class, 0 if the class is empty) and `stats/prm_accuracy` (sign of r agrees
+    with the label).
+  """
+  for name, w in (("desirable_weight", desirable_weight), ("undesirable_weight", undesirable_weight)):
+    if not isinstance(w, jax.Array) and not float(w) >= 0:
+      raise ValueError(f"{name} must be >= 0, got {w!r}")
+  _check_beta(beta)
+  rho = sequence_rewards(logp, ref_logp, mask, beta=1.0)  # [B] summed log-ratios
+  r = beta * rho
+  labels = jnp.asarray(labels)
+  _check_shape("labels", labels, r.shape, "logp[:, 0]")
+  desirable = labels > 0.5
+  if kl_reference is None:
+    kl = jnp.maximum(jnp.mean(rho), 0.0)
+  else:
+    if jnp.ndim(kl_reference) != 0:
+      raise ValueError(f"kl_reference must be a scalar, got shape {jnp.shape(kl_reference)}")
+    kl = jnp.asarray(kl_reference, r.dtype)
+  kl = jax.lax.stop_gradient(kl)
+  z0 = beta * kl
+  per_seq = jnp.where(desirable, desirable_weight * (1.0 - jax.nn.sigmoid(r - z0)),
+                      undesirable_weight * (1.0 - jax.nn.sigmoid(z0 - r)))
+  value = jnp.mean(per_seq)
+  rs = jax.lax.stop_gradient(r)
+  d = desirable.astype(r.dtype)
+  metrics = {
+      "loss/prm_kto": jax.lax.stop_gradient(value),
+      "stats/prm_kl": kl,
+      "stats/prm_reward_mean": jnp.mean(rs),
+      "stats/prm_reward_desirable": aggregation.safe_divide(jnp.sum(rs * d), jnp.sum(d)),
+      "stats/prm_reward_undesirable": aggregation.safe_divide(jnp.sum(rs * (1 - d)), jnp.sum(1 - d)),
+      "stats/prm_accuracy": jnp.mean(((rs > 0) == desirable).astype(r.dtype)),
+  }
+  return value, metrics

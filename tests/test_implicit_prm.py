@@ -221,3 +221,75 @@ def test_bad_inputs_raise_clear_errors():
     implicit_prm.dpo_loss(logp, ref, mask, logp[:2], ref[:2], mask[:2], beta=BETA)
   with pytest.raises(KeyError, match="ref_logp"):
     registry.get("implicit_prm_ce")(logp, {"mask": mask, "rewards": np.ones(3)})
+
+
+def np_sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def np_kto(logp, ref, mask, labels, beta, w_d=1.0, w_u=1.0, kl_reference=None):
+  """(loss, analytic d loss / d logp with the KL reference point held fixed, KL used)."""
+  rho = np.sum((np.float64(logp) - ref) * mask, axis=-1)
+  kl = max(np.mean(rho), 0.0) if kl_reference is None else kl_reference
+  r, z0 = beta * rho, beta * kl
+  des = np.asarray(labels) > 0.5
+  per_seq = np.where(des, w_d * (1 - np_sigmoid(r - z0)), w_u * (1 - np_sigmoid(z0 - r)))
+  dsig = lambda x: np_sigmoid(x) * (1 - np_sigmoid(x))  # noqa: E731
+  dr = np.where(des, -w_d * dsig(r - z0), w_u * dsig(z0 - r)) / len(r)
+  return np.mean(per_seq), dr[:, None] * beta * mask, kl
+
+
+class KtoLossTest(chex.TestCase):
+
+  def test_golden_value(self):
+    # log-ratios summed per row: rho = [2, -1, 0] -> KL = max(1/3, 0), beta 0.5 -> r = [1, -0.5, 0],
+    # z0 = 1/6; labels [1, 0, 1], w_d = 1, w_u = 2.
+    logp = np.array([[-1.0, -1.0], [-2.0, -3.0], [-0.5, -4.0]], np.float32)
+    ref = np.array([[-2.0, -2.0], [-2.0, -2.0], [-0.5, -1.0]], np.float32)
+    mask = np.array([[1, 1], [1, 1], [1, 0]], np.float32)
+    sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    expected = (1 - sig(1 - 1 / 6) + 2 * (1 - sig(1 / 6 + 0.5)) + 1 - sig(-1 / 6)) / 3
+    value, metrics = implicit_prm.kto_loss(logp, ref, mask, np.array([True, False, True]), beta=0.5,
+                                           undesirable_weight=2.0)
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    np.testing.assert_allclose(metrics["stats/prm_kl"], 1 / 3, rtol=1e-6)
+    np.testing.assert_allclose(metrics["stats/prm_reward_desirable"], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(metrics["stats/prm_reward_undesirable"], -0.5, rtol=1e-6)
+    np.testing.assert_allclose(metrics["stats/prm_accuracy"], 2 / 3, rtol=1e-6)
+    # A negative mean log-ratio is clamped to KL = 0.
+    _, metrics = implicit_prm.kto_loss(logp - 5, ref, mask, np.array([1, 0, 1]), beta=0.5)
+    self.assertEqual(float(metrics["stats/prm_kl"]), 0.0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(None, 0.7)
+  def test_value_and_grad(self, kl_reference):
+    _, ref, mask, _ = make_inputs(8, b=4)
+    logp = (ref + 2 * np.random.default_rng(8).normal(size=ref.shape) + 1.5).astype(np.float32)
+    labels = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
+    fn = functools.partial(implicit_prm.kto_loss, beta=0.3, desirable_weight=1.5, undesirable_weight=0.5,
+                           kl_reference=kl_reference)
+    (value, metrics), grad = self.variant(jax.value_and_grad(fn, has_aux=True))(logp, ref, mask, labels)
+    expected, expected_grad, kl = np_kto(logp, ref, mask, labels, 0.3, 1.5, 0.5, kl_reference)
+    self.assertGreater(kl, 0.0)  # the reference point is active in both cases
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["stats/prm_kl"], kl, rtol=1e-5)
+    # The reference point carries no gradient: the analytic gradient holds it fixed.
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-7)
+    if kl_reference is not None:  # with a fixed KL, finite differences agree as well
+      np.testing.assert_allclose(
+          grad, fd_grad(lambda x: np_kto(x, ref, mask, labels, 0.3, 1.5, 0.5, kl_reference)[0], logp),
+          rtol=1e-4, atol=1e-6)
+
+  def test_bad_inputs_raise_clear_errors(self):
+    logp, ref, mask, _ = make_inputs(9)
+    labels = np.array([1, 0, 1])
+    with pytest.raises(ValueError, match="labels"):
+      implicit_prm.kto_loss(logp, ref, mask, labels[:2], beta=BETA)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+      implicit_prm.kto_loss(logp, ref, mask, labels, beta=-1.0)
+    with pytest.raises(ValueError, match="undesirable_weight must be >= 0"):
+      implicit_prm.kto_loss(logp, ref, mask, labels, beta=BETA, undesirable_weight=-1.0)
+    with pytest.raises(ValueError, match="kl_reference must be a scalar"):
+      implicit_prm.kto_loss(logp, ref, mask, labels, beta=BETA, kl_reference=np.zeros(3))
+    with pytest.raises(ValueError, match="mask"):
+      implicit_prm.kto_loss(logp, ref, mask[:, :2], labels, beta=BETA)
