@@ -18,7 +18,7 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.seed = 0
 
   c.model = config_dict.ConfigDict()
-  c.model.name = "tiny"  # a size in models.transformer.get_config
+  c.model.name = "mini"  # a size in models.transformer.get_config
   c.model.dtype = "float32"  # compute dtype: float32 or bfloat16
 
   c.task = config_dict.ConfigDict()
@@ -26,11 +26,11 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.task.num_train = 8000
   c.task.num_eval = 256
   c.task.max_value = 99
-  c.task.max_prompt_length = 16
-  c.task.max_completion_length = 40
+  c.task.max_prompt_length = 8
+  c.task.max_completion_length = 36
 
   c.warmup = config_dict.ConfigDict()
-  c.warmup.steps = 300
+  c.warmup.steps = 250
   c.warmup.batch_size = 64
   c.warmup.lr = 1e-3
 

@@ -68,10 +68,14 @@ def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_lengt
   prompt_ids = jnp.asarray(rng.integers(1, vocab_size, (batch, prompt_length)), jnp.int32)
   prompt_mask = jnp.ones_like(prompt_ids)
 
+  @jax.jit
+  def score(tokens):
+    rewards = jnp.mean(tokens % 2, axis=-1).astype(jnp.float32)  # a cheap stand-in reward
+    return rewards, advantages_lib.group_advantages(rewards, group_size=group_size)
+
   def whole_step(params, opt_state, key):
     out = sampler(params, prompt_ids, prompt_mask, key)
-    rewards = jnp.mean(out.tokens % 2, axis=-1).astype(jnp.float32)  # a cheap stand-in reward
-    adv = advantages_lib.group_advantages(rewards, group_size=group_size)
+    rewards, adv = score(out.tokens)
     mb = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": out.tokens,
           "mask": out.mask.astype(jnp.float32), "old_logp": out.logprobs, "advantages": adv,
           "rewards": rewards}
@@ -83,6 +87,7 @@ def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_lengt
         "mask": out.mask.astype(jnp.float32), "old_logp": out.logprobs,
         "advantages": jnp.ones((batch,), jnp.float32), "rewards": jnp.ones((batch,), jnp.float32)}
   (params, opt_state, _), t_update_first = _timed(step, params, opt_state, mb)
+  jax.block_until_ready(score(out.tokens))
   sample_times, update_times, whole_times = [], [], []
   for i in range(repeats):
     k = jax.random.fold_in(key, i + 1)
@@ -102,6 +107,8 @@ def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_lengt
       "update_tokens_per_s": round(tokens / t_update, 1),
       "step_tokens_per_s": round(tokens / t_whole, 1),
       "step_s": round(t_whole, 4),
+      # Model FLOPs of the update (forward + backward = 6 N per token over prompt + completion).
+      "update_tflops_per_s": round(6 * n_params * batch * (prompt_length + completion_length) / t_update / 1e12, 3),
       "compile_s": round(t_sample_first - t_sample + t_update_first - t_update, 2),
       "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
       "host": platform.processor() or platform.machine(),

@@ -110,7 +110,7 @@ def make_rl_loss(objective_name: str, options: Mapping[str, Any], temperature: f
 
 
 def needs_reference(config) -> bool:
-  return float(config.objective.options.get("beta", 0.0)) > 0.0
+  return registry.requires_reference(config.objective.name, config.objective.options.to_dict())
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -240,8 +240,11 @@ class Trainer:
     rng = np.random.default_rng([cfg.seed, step])
     metrics_sum: dict[str, float] = {}
     n_updates = 0
+    group = cfg.rollout.group_size
     for _ in range(cfg.train.num_iterations):
-      order = rng.permutation(self.rollout_size)
+      # Shuffle whole groups, so mini-batches keep groups together when they can.
+      groups = rng.permutation(cfg.rollout.prompts_per_step)
+      order = (groups[:, None] * group + np.arange(group)[None, :]).reshape(-1)
       for mb in np.array_split(order, cfg.train.num_minibatches):
         minibatch = {k: v[mb] for k, v in batch.items()}
         params, opt_state, m = self.rl_update(params, opt_state, minibatch)

@@ -22,19 +22,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from objectives import checks
+
 Array = jax.Array
 
 LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo")
 
 
-def _check_rank(name: str, x, rank: int, layout: str) -> None:
-  if jnp.ndim(x) != rank:
-    raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(x)}")
-
-
-def _check_shape(name: str, x, shape, like: str) -> None:
-  if tuple(jnp.shape(x)) != tuple(shape):
-    raise ValueError(f"{name} must have the shape of {like} {tuple(shape)}, got {tuple(jnp.shape(x))}")
 
 
 def check_options(beta, loss_type: str, label_smoothing: float) -> None:
@@ -63,11 +57,11 @@ def per_pair_loss(chosen_logp: Array, chosen_ref_logp: Array, rejected_logp: Arr
     loss_type: one of `LOSS_TYPES`.
     label_smoothing: probability that a label is flipped (sigmoid / robust only).
   """
-  _check_rank("chosen_logp", chosen_logp, 1, "[B] summed log-probs")
+  checks.check_rank("chosen_logp", chosen_logp, 1, "[B] summed log-probs")
   b = jnp.shape(chosen_logp)
-  _check_shape("chosen_ref_logp", chosen_ref_logp, b, "chosen_logp")
-  _check_shape("rejected_logp", rejected_logp, b, "chosen_logp")
-  _check_shape("rejected_ref_logp", rejected_ref_logp, b, "chosen_logp")
+  checks.check_shape("chosen_ref_logp", chosen_ref_logp, b, "chosen_logp")
+  checks.check_shape("rejected_logp", rejected_logp, b, "chosen_logp")
+  checks.check_shape("rejected_ref_logp", rejected_ref_logp, b, "chosen_logp")
   check_options(beta, loss_type, label_smoothing)
   z = (chosen_logp - chosen_ref_logp) - (rejected_logp - rejected_ref_logp)  # [B]
   ls = label_smoothing

@@ -242,7 +242,7 @@ def loss(
   return value, {**metrics, "loss/total": jax.lax.stop_gradient(value)}
 
 
-@registry.register("grpo")
+@registry.register("grpo", needs_reference=needs_reference)
 def grpo_objective(logp: Array, batch: Mapping[str, Array], **options) -> tuple[Array, Array, dict[str, Array]]:
   """Registry entry: `loss_terms` on `batch["old_logp"|"advantages"|"mask"|"ref_logp"]`.
 

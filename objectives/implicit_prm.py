@@ -33,21 +33,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from objectives import aggregation, dpo, registry
+from objectives import aggregation, checks, dpo, registry
 
 Array = jax.Array
 
 AGGREGATES = ("min", "min_q", "sum", "last")
 
 
-def _check_rank(name: str, x, rank: int, layout: str) -> None:
-  if jnp.ndim(x) != rank:
-    raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(x)}")
-
-
-def _check_shape(name: str, x, shape, like: str) -> None:
-  if tuple(jnp.shape(x)) != tuple(shape):
-    raise ValueError(f"{name} must have the shape of {like} {tuple(shape)}, got {tuple(jnp.shape(x))}")
 
 
 def _check_beta(beta) -> None:
@@ -68,10 +60,10 @@ def token_rewards(logp: Array, ref_logp: Array | None, mask: Array, *, beta: flo
   Returns:
     `[B, T]`.
   """
-  _check_rank("logp", logp, 2, "[B, T]")
-  _check_shape("mask", mask, jnp.shape(logp), "logp")
+  checks.check_rank("logp", logp, 2, "[B, T]")
+  checks.check_shape("mask", mask, jnp.shape(logp), "logp")
   if ref_logp is not None:
-    _check_shape("ref_logp", ref_logp, jnp.shape(logp), "logp")
+    checks.check_shape("ref_logp", ref_logp, jnp.shape(logp), "logp")
   _check_beta(beta)
   ratio = logp if ref_logp is None else logp - ref_logp
   return beta * ratio * mask.astype(logp.dtype)
@@ -79,7 +71,7 @@ def token_rewards(logp: Array, ref_logp: Array | None, mask: Array, *, beta: flo
 
 def step_end_mask_from_indices(step_end_indices: Array, length: int) -> Array:
   """`[B, S]` step-end token indices (-1 = no step) -> `[B, T]` bool step-end mask, T = `length`."""
-  _check_rank("step_end_indices", step_end_indices, 2, "[B, S] with -1 padding")
+  checks.check_rank("step_end_indices", step_end_indices, 2, "[B, S] with -1 padding")
   idx = jnp.asarray(step_end_indices)
   if not jnp.issubdtype(idx.dtype, jnp.integer):
     raise ValueError(f"step_end_indices must be integers, got dtype {idx.dtype}")
@@ -90,8 +82,8 @@ def step_end_mask_from_indices(step_end_indices: Array, length: int) -> Array:
 
 def _step_q(token_rewards_: Array, step_end_mask: Array, max_steps: int | None) -> tuple[Array, Array]:
   """(q [B, S] at the step ends in order, step_mask [B, S] bool)."""
-  _check_rank("token_rewards", token_rewards_, 2, "[B, T]")
-  _check_shape("step_end_mask", step_end_mask, jnp.shape(token_rewards_), "token_rewards")
+  checks.check_rank("token_rewards", token_rewards_, 2, "[B, T]")
+  checks.check_shape("step_end_mask", step_end_mask, jnp.shape(token_rewards_), "token_rewards")
   t = token_rewards_.shape[1]
   s = t if max_steps is None else int(max_steps)
   if not 1 <= s <= t:
@@ -182,7 +174,7 @@ def ce_loss_terms(logp, ref_logp, mask, labels, *, beta):
   """`ce_loss` as (sum over sequences, number of sequences, metrics)."""
   r = sequence_rewards(logp, ref_logp, mask, beta=beta)  # [B]
   labels = jnp.asarray(labels)
-  _check_shape("labels", labels, r.shape, "logp[:, 0]")
+  checks.check_shape("labels", labels, r.shape, "logp[:, 0]")
   labels = labels.astype(r.dtype)
   per_seq = -(labels * jax.nn.log_sigmoid(r) + (1.0 - labels) * jax.nn.log_sigmoid(-r))
   total = jnp.sum(per_seq)
@@ -210,10 +202,10 @@ def dpo_loss(chosen_logp: Array, chosen_ref_logp: Array, chosen_mask: Array, rej
     (scalar loss, metrics) from `objectives.dpo.loss` with loss_type "sigmoid".
   """
   for name, x, m in (("chosen_logp", chosen_logp, chosen_mask), ("rejected_logp", rejected_logp, rejected_mask)):
-    _check_rank(name, x, 2, "[B, T]")
-    _check_shape(name.replace("logp", "mask"), m, jnp.shape(x), name)
-  _check_shape("chosen_ref_logp", chosen_ref_logp, jnp.shape(chosen_logp), "chosen_logp")
-  _check_shape("rejected_ref_logp", rejected_ref_logp, jnp.shape(rejected_logp), "rejected_logp")
+    checks.check_rank(name, x, 2, "[B, T]")
+    checks.check_shape(name.replace("logp", "mask"), m, jnp.shape(x), name)
+  checks.check_shape("chosen_ref_logp", chosen_ref_logp, jnp.shape(chosen_logp), "chosen_logp")
+  checks.check_shape("rejected_ref_logp", rejected_ref_logp, jnp.shape(rejected_logp), "rejected_logp")
   if jnp.shape(chosen_logp)[0] != jnp.shape(rejected_logp)[0]:
     raise ValueError(f"chosen_logp and rejected_logp must have the same batch size B, got "
                      f"{jnp.shape(chosen_logp)} and {jnp.shape(rejected_logp)}")
@@ -223,7 +215,7 @@ def dpo_loss(chosen_logp: Array, chosen_ref_logp: Array, chosen_mask: Array, rej
                   beta=beta, loss_type="sigmoid")
 
 
-@registry.register("implicit_prm_ce")
+@registry.register("implicit_prm_ce", needs_reference=lambda options: True)
 def implicit_prm_ce_objective(logp, batch, *, beta=0.05):
   """Registered PRM update (PRIME online PRM): `fn(logp [B, T] of the PRM, batch)`.
 
@@ -281,7 +273,7 @@ def kto_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *,
   rho = sequence_rewards(logp, ref_logp, mask, beta=1.0)  # [B] summed log-ratios
   r = beta * rho
   labels = jnp.asarray(labels)
-  _check_shape("labels", labels, r.shape, "logp[:, 0]")
+  checks.check_shape("labels", labels, r.shape, "logp[:, 0]")
   desirable = labels > 0.5
   if kl_reference is None:
     kl = jnp.maximum(jnp.mean(rho), 0.0)

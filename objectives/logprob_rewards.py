@@ -22,21 +22,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from objectives import aggregation
+from objectives import aggregation, checks
 
 Array = jax.Array
 
 KINDS = ("logprob", "avg_logprob", "prob", "avg_prob")
 
 
-def _check_rank(name: str, x, rank: int, layout: str) -> None:
-  if jnp.ndim(x) != rank:
-    raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(x)}")
-
-
-def _check_shape(name: str, x, shape, like: str) -> None:
-  if tuple(jnp.shape(x)) != tuple(shape):
-    raise ValueError(f"{name} must have the shape of {like} {tuple(shape)}, got {tuple(jnp.shape(x))}")
 
 
 def answer_reward(answer_logp: Array, answer_mask: Array, *, kind: str, empty_reward: float = 0.0) -> Array:
@@ -58,8 +50,8 @@ def answer_reward(answer_logp: Array, answer_mask: Array, *, kind: str, empty_re
     `[B]` rewards. Gradients flow through `answer_logp`; stop them where the reward is a
     constant of the RL term.
   """
-  _check_rank("answer_logp", answer_logp, 2, "[B, Ta]")
-  _check_shape("answer_mask", answer_mask, jnp.shape(answer_logp), "answer_logp")
+  checks.check_rank("answer_logp", answer_logp, 2, "[B, Ta]")
+  checks.check_shape("answer_mask", answer_mask, jnp.shape(answer_logp), "answer_logp")
   if kind not in KINDS:
     raise ValueError(f"kind={kind!r} is not one of {KINDS}")
   m = jnp.asarray(answer_mask).astype(answer_logp.dtype)
@@ -91,11 +83,11 @@ def rlpr_debiased(score_with_reasoning: Array, score_without: Array, *, format_r
   Returns:
     `[B]`, in [0, 1] when the format reward is in [0, 1].
   """
-  _check_rank("score_with_reasoning", score_with_reasoning, 1, "[B]")
-  _check_shape("score_without", score_without, jnp.shape(score_with_reasoning), "score_with_reasoning")
+  checks.check_rank("score_with_reasoning", score_with_reasoning, 1, "[B]")
+  checks.check_shape("score_without", score_without, jnp.shape(score_with_reasoning), "score_with_reasoning")
   r = jnp.clip(score_with_reasoning - score_without, 0.0, 1.0)
   if format_reward is not None:
-    _check_shape("format_reward", format_reward, jnp.shape(score_with_reasoning), "score_with_reasoning")
+    checks.check_shape("format_reward", format_reward, jnp.shape(score_with_reasoning), "score_with_reasoning")
     r = (1.0 - format_coef) * r + format_coef * jnp.asarray(format_reward, r.dtype)
   return r
 
@@ -146,7 +138,7 @@ def std_filter_update(state: StdFilterState, group_stds: Array, *, beta_f: float
   Returns:
     (new state, keep `[N]` bool).
   """
-  _check_rank("group_stds", group_stds, 1, "[N] one std per prompt")
+  checks.check_rank("group_stds", group_stds, 1, "[N] one std per prompt")
   if not 1 <= ema_start_step < start_step:
     raise ValueError(f"need 1 <= ema_start_step ({ema_start_step}) < start_step ({start_step})")
   stds = jnp.asarray(group_stds, jnp.float32)
@@ -181,7 +173,7 @@ def jepo_group_reward(answer_logp_sums: Array) -> Array:
   Returns:
     `[N]` log-mean-exp over the group (stable).
   """
-  _check_rank("answer_logp_sums", answer_logp_sums, 2, "[N prompts, G samples]")
+  checks.check_rank("answer_logp_sums", answer_logp_sums, 2, "[N prompts, G samples]")
   g = answer_logp_sums.shape[1]
   return jax.nn.logsumexp(answer_logp_sums, axis=-1) - jnp.log(jnp.asarray(g, answer_logp_sums.dtype))
 
@@ -198,7 +190,7 @@ def jepo_loo_baselines(answer_logp_sums: Array, *, multi_sample: bool = True) ->
   Returns:
     `[N, G]`.
   """
-  _check_rank("answer_logp_sums", answer_logp_sums, 2, "[N prompts, G samples]")
+  checks.check_rank("answer_logp_sums", answer_logp_sums, 2, "[N prompts, G samples]")
   g = answer_logp_sums.shape[1]
   if g < 2:
     raise ValueError(f"answer_logp_sums needs G >= 2 samples per group for leave-one-out, got G={g}")
@@ -247,19 +239,19 @@ def likelihood_loss(cot_logp: Array, cot_mask: Array, answer_logp: Array, answer
   Returns:
     (scalar loss, metrics) with `loss/policy`, `loss/sft`, `loss/total`.
   """
-  _check_rank("cot_logp", cot_logp, 2, "[B, Tz]")
-  _check_shape("cot_mask", cot_mask, jnp.shape(cot_logp), "cot_logp")
-  _check_rank("answer_logp", answer_logp, 2, "[B, Ta]")
-  _check_shape("answer_mask", answer_mask, jnp.shape(answer_logp), "answer_logp")
+  checks.check_rank("cot_logp", cot_logp, 2, "[B, Tz]")
+  checks.check_shape("cot_mask", cot_mask, jnp.shape(cot_logp), "cot_logp")
+  checks.check_rank("answer_logp", answer_logp, 2, "[B, Ta]")
+  checks.check_shape("answer_mask", answer_mask, jnp.shape(answer_logp), "answer_logp")
   b = jnp.shape(cot_logp)[0]
   if jnp.shape(answer_logp)[0] != b:
     raise ValueError(f"answer_logp must have the batch size of cot_logp ({b}), got shape {jnp.shape(answer_logp)}")
-  _check_shape("advantages", advantages, (b,), "cot_logp[:, 0]")
+  checks.check_shape("advantages", advantages, (b,), "cot_logp[:, 0]")
   dtype = cot_logp.dtype
   adv = jax.lax.stop_gradient(jnp.asarray(advantages, dtype))
   w = jnp.ones((b,), dtype) if sft_weights is None else jnp.asarray(sft_weights, dtype)
   if sft_weights is not None:
-    _check_shape("sft_weights", sft_weights, (b,), "cot_logp[:, 0]")
+    checks.check_shape("sft_weights", sft_weights, (b,), "cot_logp[:, 0]")
   w = jax.lax.stop_gradient(w)
   cot = jnp.sum(cot_logp * jnp.asarray(cot_mask).astype(dtype), axis=-1)  # [B]
   ans = jnp.sum(answer_logp * jnp.asarray(answer_mask).astype(dtype), axis=-1)  # [B]

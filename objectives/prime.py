@@ -35,19 +35,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from objectives import aggregation
+from objectives import aggregation, checks
 
 Array = jax.Array
 
 
-def _check_rank(name: str, x, rank: int, layout: str) -> None:
-  if jnp.ndim(x) != rank:
-    raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(x)}")
-
-
-def _check_shape(name: str, x, shape, like: str) -> None:
-  if tuple(jnp.shape(x)) != tuple(shape):
-    raise ValueError(f"{name} must have the shape of {like} {tuple(shape)}, got {tuple(jnp.shape(x))}")
 
 
 def _check_group(batch_size: int, group_size) -> int:
@@ -58,7 +50,7 @@ def _check_group(batch_size: int, group_size) -> int:
 
 def last_token_mask(mask: Array) -> Array:
   """`[B, T]` bool, True at the last unmasked token of each row (none for all-zero rows)."""
-  _check_rank("mask", mask, 2, "[B, T]")
+  checks.check_rank("mask", mask, 2, "[B, T]")
   m = jnp.asarray(mask).astype(bool)
   t = m.shape[1]
   last = t - 1 - jnp.argmax(m[:, ::-1], axis=-1)  # [B]
@@ -76,8 +68,8 @@ def rloo_token_rewards(rewards: Array, source_mask: Array, *, group_size: int) -
   Returns:
     `[B, T]`: r K/(K-1) - sum_j mean_s(r_j)/(K-1) on the source's tokens, 0 elsewhere.
   """
-  _check_rank("rewards", rewards, 2, "[B, T]")
-  _check_shape("source_mask", source_mask, jnp.shape(rewards), "rewards")
+  checks.check_rank("rewards", rewards, 2, "[B, T]")
+  checks.check_shape("source_mask", source_mask, jnp.shape(rewards), "rewards")
   b, t = rewards.shape
   k = _check_group(b, group_size)
   m = jnp.asarray(source_mask).astype(rewards.dtype)
@@ -89,7 +81,7 @@ def rloo_token_rewards(rewards: Array, source_mask: Array, *, group_size: int) -
 
 def discounted_returns(rewards: Array, *, gamma: float = 1.0) -> Array:
   """`[B, T]` reverse discounted cumulative sum G_t = r_t + gamma G_{t+1} (G_T = 0)."""
-  _check_rank("rewards", rewards, 2, "[B, T]")
+  checks.check_rank("rewards", rewards, 2, "[B, T]")
   if gamma == 1.0:
     return jnp.flip(jnp.cumsum(jnp.flip(rewards, axis=-1), axis=-1), axis=-1)
 
@@ -121,7 +113,7 @@ def prime_advantages(process_rewards: Array | None, outcome_rewards: Array | Non
   Returns:
     (advantages `[B, T]`, returns `[B, T]`), both 0 on padding.
   """
-  _check_rank("mask", mask, 2, "[B, T]")
+  checks.check_rank("mask", mask, 2, "[B, T]")
   b, t = jnp.shape(mask)
   _check_group(b, group_size)
   if process_rewards is None and outcome_rewards is None:
@@ -130,12 +122,12 @@ def prime_advantages(process_rewards: Array | None, outcome_rewards: Array | Non
   maskf = jnp.asarray(mask).astype(dtype)
   returns = jnp.zeros((b, t), dtype)
   if process_rewards is not None:
-    _check_shape("process_rewards", process_rewards, (b, t), "mask")
+    checks.check_shape("process_rewards", process_rewards, (b, t), "mask")
     p = jnp.asarray(process_rewards, dtype) * process_coef
     returns = returns + discounted_returns(rloo_token_rewards(p, maskf, group_size=group_size),
                                            gamma=process_gamma)
   if outcome_rewards is not None:
-    _check_shape("outcome_rewards", outcome_rewards, (b,), "mask[:, 0]")
+    checks.check_shape("outcome_rewards", outcome_rewards, (b,), "mask[:, 0]")
     last = last_token_mask(maskf)  # [B, T]
     o = jnp.asarray(outcome_rewards, dtype) * outcome_coef
     # One outcome token per row, so the transform is RLOO on o; computing it from o [B] directly
@@ -159,7 +151,7 @@ def accuracy_filter(correct: Array, *, group_size: int, low: float = 0.2, high: 
   Returns:
     `[B]` bool, the same value for every row of a group.
   """
-  _check_rank("correct", correct, 1, "[B]")
+  checks.check_rank("correct", correct, 1, "[B]")
   b = jnp.shape(correct)[0]
   if not isinstance(group_size, int) or group_size < 1 or b % group_size:
     raise ValueError(f"group_size={group_size!r} must be a positive integer dividing the batch size {b}")

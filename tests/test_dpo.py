@@ -11,6 +11,7 @@ import pytest
 from absl.testing import parameterized
 
 from objectives import dpo
+from numeric import fd_grad
 
 
 def np_log_sigmoid(x):
@@ -31,15 +32,6 @@ def np_dpo(cl, cr, rl, rr, *, beta, loss_type, ls=0.0):
   return losses.mean()
 
 
-def fd_grad(f, x, h=1e-6):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for i in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[i] += h
-    xm[i] -= h
-    g[i] = (f(xp) - f(xm)) / (2 * h)
-  return g
 
 
 def make_inputs(seed, b=5):

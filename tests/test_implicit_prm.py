@@ -11,6 +11,9 @@ import pytest
 from absl.testing import parameterized
 
 from objectives import implicit_prm, registry
+from numeric import fd_grad
+
+fd_grad_h = functools.partial(fd_grad, h=1e-5)  # float32 inputs: a wider step
 
 BETA = 0.05
 
@@ -68,15 +71,6 @@ def np_dpo(cl, cr, cm, rl, rr, rm, beta):
   return np.mean(-np_log_sigmoid(beta * z))
 
 
-def fd_grad(f, x, h=1e-5):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for i in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[i] += h
-    xm[i] -= h
-    g[i] = (f(xp) - f(xm)) / (2 * h)
-  return g
 
 
 def make_inputs(seed, b=3, t=6):
@@ -114,7 +108,7 @@ class ImplicitPrmTest(chex.TestCase):
     np.testing.assert_allclose(q, q_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(score, np_score(tok, ends, aggregate, s), rtol=1e-5, atol=1e-6)
     grad = self.variant(jax.grad(lambda x: jnp.sum(fn(x, ends)[1] * jnp.array([1.0, 2.0, 3.0]))))(tok)
-    expected = fd_grad(lambda x: np.sum(np_score(x, ends, aggregate, s) * np.array([1.0, 2.0, 3.0])), tok)
+    expected = fd_grad_h(lambda x: np.sum(np_score(x, ends, aggregate, s) * np.array([1.0, 2.0, 3.0])), tok)
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -137,7 +131,7 @@ class ImplicitPrmTest(chex.TestCase):
     fn = functools.partial(implicit_prm.ce_loss, beta=BETA)
     (value, metrics), grad = self.variant(jax.value_and_grad(fn, has_aux=True))(logp, ref, mask, labels)
     np.testing.assert_allclose(value, np_ce(logp, ref, mask, labels, BETA), rtol=1e-5)
-    np.testing.assert_allclose(grad, fd_grad(lambda x: np_ce(x, ref, mask, labels, BETA), logp), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grad, fd_grad_h(lambda x: np_ce(x, ref, mask, labels, BETA), logp), rtol=1e-4, atol=1e-6)
     r = np.sum(np_token_rewards(logp, ref, mask, BETA), -1)
     np.testing.assert_allclose(metrics["stats/prm_accuracy"], np.mean((r > 0) == (labels > 0.5)))
 
@@ -152,8 +146,8 @@ class ImplicitPrmTest(chex.TestCase):
     (value, metrics), (gc, gr) = self.variant(jax.value_and_grad(fn, argnums=(0, 3), has_aux=True))(
         cl, cr, cm, rl, rr, rm)
     np.testing.assert_allclose(value, np_dpo(cl, cr, cm, rl, rr, rm, BETA), rtol=1e-5)
-    np.testing.assert_allclose(gc, fd_grad(lambda x: np_dpo(x, cr, cm, rl, rr, rm, BETA), cl), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(gr, fd_grad(lambda x: np_dpo(cl, cr, cm, x, rr, rm, BETA), rl), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(gc, fd_grad_h(lambda x: np_dpo(x, cr, cm, rl, rr, rm, BETA), cl), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(gr, fd_grad_h(lambda x: np_dpo(cl, cr, cm, x, rr, rm, BETA), rl), rtol=1e-4, atol=1e-6)
     self.assertIn("rewards/accuracy", metrics)
 
 
@@ -277,7 +271,7 @@ class KtoLossTest(chex.TestCase):
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-7)
     if kl_reference is not None:  # with a fixed KL, finite differences agree as well
       np.testing.assert_allclose(
-          grad, fd_grad(lambda x: np_kto(x, ref, mask, labels, 0.3, 1.5, 0.5, kl_reference)[0], logp),
+          grad, fd_grad_h(lambda x: np_kto(x, ref, mask, labels, 0.3, 1.5, 0.5, kl_reference)[0], logp),
           rtol=1e-4, atol=1e-6)
 
   def test_bad_inputs_raise_clear_errors(self):

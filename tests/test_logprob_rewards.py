@@ -13,6 +13,10 @@ from absl.testing import parameterized
 
 from objectives import logprob_rewards as lr
 
+from numeric import fd_grad
+
+fd_grad_h = functools.partial(fd_grad, h=1e-5)  # float32 inputs: a wider step
+
 
 def np_answer_reward(logp, mask, kind):
   out = np.zeros(logp.shape[0])
@@ -36,15 +40,6 @@ def np_log_mean_exp(x):
   return m + math.log(np.mean(np.exp(x - m)))
 
 
-def fd_grad(f, x, h=1e-5):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for i in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[i] += h
-    xm[i] -= h
-    g[i] = (f(xp) - f(xm)) / (2 * h)
-  return g
 
 
 def make_answer(seed, b=3, t=4):
@@ -67,7 +62,7 @@ class LogprobRewardsTest(chex.TestCase):
     np.testing.assert_allclose(out, np_answer_reward(logp, mask, kind), rtol=1e-5, atol=1e-7)
     weights = jnp.array([1.0, -2.0, 3.0])
     grad = self.variant(jax.grad(lambda x: jnp.sum(fn(x, mask) * weights)))(logp)
-    expected = fd_grad(lambda x: np.sum(np_answer_reward(x, mask, kind) * np.array([1.0, -2.0, 3.0])), logp)
+    expected = fd_grad_h(lambda x: np.sum(np_answer_reward(x, mask, kind) * np.array([1.0, -2.0, 3.0])), logp)
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -98,7 +93,7 @@ class LogprobRewardsTest(chex.TestCase):
     group = self.variant(lr.jepo_group_reward)(x)
     np.testing.assert_allclose(group, [np_log_mean_exp(np.float64(r)) for r in x], rtol=1e-6)
     grad = self.variant(jax.grad(lambda v: jnp.sum(lr.jepo_group_reward(v))))(x)
-    expected = fd_grad(lambda v: sum(np_log_mean_exp(r) for r in v), x)
+    expected = fd_grad_h(lambda v: sum(np_log_mean_exp(r) for r in v), x)
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
     multi = self.variant(lr.jepo_loo_baselines)(x)
     single = self.variant(functools.partial(lr.jepo_loo_baselines, multi_sample=False))(x)
@@ -126,8 +121,8 @@ class LogprobRewardsTest(chex.TestCase):
     (value, metrics), grads = self.variant(jax.value_and_grad(fn, argnums=(0, 2, 4), has_aux=True))(
         cot, cot_mask, ans, ans_mask, adv, sft_weights=sft_weights)
     np.testing.assert_allclose(value, np_likelihood_loss(cot, cot_mask, ans, ans_mask, adv, sft_coef, w), rtol=1e-5)
-    g_cot = fd_grad(lambda x: np_likelihood_loss(x, cot_mask, ans, ans_mask, adv, sft_coef, w), cot)
-    g_ans = fd_grad(lambda x: np_likelihood_loss(cot, cot_mask, x, ans_mask, adv, sft_coef, w), ans)
+    g_cot = fd_grad_h(lambda x: np_likelihood_loss(x, cot_mask, ans, ans_mask, adv, sft_coef, w), cot)
+    g_ans = fd_grad_h(lambda x: np_likelihood_loss(cot, cot_mask, x, ans_mask, adv, sft_coef, w), ans)
     np.testing.assert_allclose(grads[0], g_cot, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(grads[1], g_ans, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(grads[2], 0.0)  # advantages are stop-gradiented

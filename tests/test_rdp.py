@@ -12,6 +12,7 @@ import pytest
 from absl.testing import parameterized
 
 from objectives import rdp, registry
+from numeric import fd_grad
 
 
 # ----------------------------------------------------------------------------- numpy reference
@@ -51,16 +52,6 @@ def np_rdp(logp, ref, rewards, mask, *, beta, reduce_steps="mean", pairs="all", 
   return total / count if count else 0.0
 
 
-def fd_grad(f, x, h=1e-6):
-  """Central finite differences of a scalar numpy function."""
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (f(xp) - f(xm)) / (2 * h)
-  return g
 
 
 def make_inputs(seed, n=2, b=3, t=4, masked_row=True):

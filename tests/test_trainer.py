@@ -115,3 +115,23 @@ def test_cli_rejects_unknown_config_key(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "lrr" in proc.stderr
+
+
+def test_registered_objective_trains_without_engine_changes(tmp_path):
+  """A three-line objective registered from user code drives the trainer."""
+  import jax.numpy as jnp
+  from objectives import registry
+
+  @registry.register("test_vanilla_pg", overwrite=True)
+  def vanilla_pg(logp, batch, **options):
+    return -jnp.sum(logp * batch["advantages"][:, None] * batch["mask"]), jnp.sum(batch["mask"]), {}
+
+  c = micro_config(**{"objective.name": "test_vanilla_pg"})
+  c.objective.options = type(c.objective.options)()  # the custom objective takes no options
+  t = trainer_lib.Trainer(c, tmp_path)
+  before = _params_np(t._initial_state(t.warmup_steps))
+  state, metrics = t.rl_step(t._initial_state(t.warmup_steps), t.warmup_steps)
+  assert np.isfinite(metrics["loss/total"])
+  assert any(not np.allclose(a, b) for a, b in zip(before, _params_np(state)))
+  assert not registry.requires_reference("test_vanilla_pg", {})
+  assert registry.requires_reference("grpo", {"beta": 0.04})
