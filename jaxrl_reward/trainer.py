@@ -184,8 +184,9 @@ class Trainer:
     cfg = self.config
     idx = batching.batch_indices(len(self.c.task.train), cfg.warmup.batch_size, seed=cfg.seed, step=step)
     examples = [self.c.task.train[i] for i in idx]
+    targets = self.c.task.sft_targets(examples, step)
     batch = batching.encode_sft(
-        self.tokenizer, [e["prompt"] for e in examples], [e["solution"] for e in examples],
+        self.tokenizer, [e["prompt"] for e in examples], targets,
         max_length=cfg.task.max_prompt_length + cfg.task.max_completion_length)
     params, opt_state, metrics = self.warmup_update(state["params"], state["opt_state"], batch)
     return {**state, "params": params, "opt_state": opt_state}, metrics

@@ -1,6 +1,7 @@
 """Tests for the synthetic arithmetic task (jaxrl_reward/data/arithmetic.py)."""
 import re
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -116,3 +117,21 @@ def test_invalid_arguments():
     ArithmeticTask(max_value=3, num_train=30, num_eval=10)
   with pytest.raises(ValueError, match="prompt"):
     solve("47+38")
+
+
+def test_noisy_solutions_corrupt_only_the_answer():
+  train, _ = arithmetic.ArithmeticTask(seed=3, num_train=400, num_eval=0).splits()
+  clean = [e["solution"] for e in train]
+  assert arithmetic.noisy_solutions(train, noise=0.0, seed=0, step=5) == clean
+  noisy = arithmetic.noisy_solutions(train, noise=0.4, seed=0, step=5)
+  assert noisy == arithmetic.noisy_solutions(train, noise=0.4, seed=0, step=5)
+  assert noisy != arithmetic.noisy_solutions(train, noise=0.4, seed=0, step=6)
+  rewards = arithmetic_correctness(None, noisy, answer=[e["answer"] for e in train])
+  wrong = [r == 0.0 for r in rewards]
+  assert 0.3 < np.mean(wrong) < 0.5  # about `noise` of them
+  for sol, bad, is_wrong in zip(clean, noisy, wrong):
+    assert matches_format(bad)
+    assert sol.rpartition("####")[0] == bad.rpartition("####")[0]  # the column work is kept
+    assert (sol != bad) == is_wrong
+  with pytest.raises(ValueError, match="noise"):
+    arithmetic.noisy_solutions(train, noise=1.0, seed=0, step=0)

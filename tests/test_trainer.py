@@ -59,6 +59,15 @@ def test_run_writes_workdir(full_run):
   assert config["model"]["name"] == "micro"
 
 
+def test_steps_compile_once(full_run):
+  """Every warm-up step, every GRPO update and every rollout reused one compiled program."""
+  _, t, _ = full_run
+  assert t.warmup_update._cache_size() == 1
+  assert t.rl_update._cache_size() == 1
+  assert t.rollout_sampler._cache_size() <= 2  # rollout batch and eval batch shapes
+  assert t.greedy_sampler._cache_size() == 1
+
+
 def test_resume_equals_uninterrupted(full_run, tmp_path):
   workdir_full, t_full, _ = full_run
   half = t_full.total_steps // 2 + 1  # stops inside the GRPO stage
@@ -123,10 +132,10 @@ def test_registered_objective_trains_without_engine_changes(tmp_path):
   from objectives import registry
 
   @registry.register("test_vanilla_pg", overwrite=True)
-  def vanilla_pg(logp, batch, **options):
-    return -jnp.sum(logp * batch["advantages"][:, None] * batch["mask"]), jnp.sum(batch["mask"]), {}
+  def vanilla_pg(logp, batch, **options):  # advantages + 1: a random policy's rewards are all 0
+    return -jnp.sum(logp * (batch["advantages"][:, None] + 1) * batch["mask"]), jnp.sum(batch["mask"]), {}
 
-  c = micro_config(**{"objective.name": "test_vanilla_pg"})
+  c = micro_config(**{"objective.name": "test_vanilla_pg", "optim.warmup_steps": 0})
   c.objective.options = type(c.objective.options)()  # the custom objective takes no options
   t = trainer_lib.Trainer(c, tmp_path)
   before = _params_np(t._initial_state(t.warmup_steps))

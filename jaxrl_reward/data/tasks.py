@@ -12,11 +12,18 @@ from jaxrl_reward.data import arithmetic
 from jaxrl_reward.data import tokenizer as tokenizer_lib
 
 
+def _solutions(examples: list[dict], step: int) -> list[str]:
+  del step
+  return [e["solution"] for e in examples]
+
+
 @dataclasses.dataclass
 class Task:
   tokenizer: Any  # a transformers tokenizer
   train: list[dict]
   eval: list[dict]
+  # sft_targets(examples, step) -> the warm-up targets of a batch (deterministic in step).
+  sft_targets: Callable[[list[dict], int], list[str]] = _solutions
 
 
 def _arithmetic(task_config, seed: int) -> Task:
@@ -24,7 +31,11 @@ def _arithmetic(task_config, seed: int) -> Task:
       seed=seed, num_train=task_config.num_train, num_eval=task_config.num_eval,
       max_value=task_config.max_value)
   train, held_out = task.splits()
-  return Task(tokenizer_lib.build_arithmetic_tokenizer(), train, held_out)
+
+  def sft_targets(examples: list[dict], step: int) -> list[str]:
+    return arithmetic.noisy_solutions(examples, noise=task_config.answer_noise, seed=seed, step=step)
+
+  return Task(tokenizer_lib.build_arithmetic_tokenizer(), train, held_out, sft_targets)
 
 
 TASKS: dict[str, Callable[[Any, int], Task]] = {"arithmetic": _arithmetic}
