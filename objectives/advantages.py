@@ -219,6 +219,15 @@ def group_advantages(
   return adv.reshape(rewards.shape)
 
 
+def _grouped_sequence_rewards(rewards, group_size, valid) -> tuple[Array, Array]:
+  """Checks `[B]` rewards and returns them and the valid mask as `[B / G, G]`."""
+  rewards = _float(rewards, "rewards")
+  _rank(rewards, (1,), "rewards", "[B]")
+  groups = _check_group_size(rewards.shape[0], group_size)
+  w = _valid(valid, rewards.shape[0], rewards.dtype).reshape(groups, -1)
+  return rewards.reshape(groups, -1), w
+
+
 def rloo(rewards: Array, *, group_size: int, valid: Array | None = None) -> Array:
   """REINFORCE leave-one-out advantages (Ahmadian et al., arXiv 2402.14740).
 
@@ -233,11 +242,8 @@ def rloo(rewards: Array, *, group_size: int, valid: Array | None = None) -> Arra
   Returns:
     [B] advantages.
   """
-  rewards = _float(rewards, "rewards")
-  _rank(rewards, (1,), "rewards", "[B]")
-  groups = _check_group_size(rewards.shape[0], group_size)
-  w = _valid(valid, rewards.shape[0], rewards.dtype).reshape(groups, -1)
-  r = rewards.reshape(groups, -1) * w
+  r, w = _grouped_sequence_rewards(rewards, group_size, valid)
+  r = r * w
   n = jnp.sum(w, axis=1, keepdims=True)
   adv = _safe_div(n * r - jnp.sum(r, axis=1, keepdims=True), n - 1.0) * (n > 1) * w
   return adv.reshape(-1)
@@ -325,11 +331,7 @@ def pass_at_k(
   Returns:
     [B] advantages.
   """
-  rewards = _float(rewards, "rewards")
-  _rank(rewards, (1,), "rewards", "[B]")
-  groups = _check_group_size(rewards.shape[0], group_size)
-  w = _valid(valid, rewards.shape[0], rewards.dtype).reshape(groups, -1)
-  r = rewards.reshape(groups, -1)
+  r, w = _grouped_sequence_rewards(rewards, group_size, valid)
   masked = jnp.where(w > 0, r, -jnp.inf)
   best = jnp.argmax(masked, axis=1)  # [groups], first maximum
   onehot = jax.nn.one_hot(best, r.shape[1], dtype=r.dtype)
