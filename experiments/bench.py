@@ -1,6 +1,7 @@
 """Benchmarks: the full GRPO step (sampling, update, whole step) in completion tokens/s.
 
     python -m experiments.bench --model=tiny --prompts=4 --group_size=8 --completion_length=64
+    python -m experiments.bench --case=forward_backward --model=tiny   # where the update's time goes
 
 The default shape matches a common TRL GRPOTrainer setup: hidden 256, 4 layers, 4 heads
 / 2 KV heads, intermediate 1024, 32 completions of 64 tokens (8 per prompt). Sampling
@@ -37,6 +38,7 @@ _PROMPT_LEN = flags.DEFINE_integer("prompt_length", 32, "Prompt tokens.")
 _COMPLETION_LEN = flags.DEFINE_integer("completion_length", 64, "Completion tokens.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions after the warm-up call.")
+_CASE = flags.DEFINE_enum("case", "grpo_step", ["grpo_step", "forward_backward"], "What to time.")
 
 
 def _timed(fn, *args):
@@ -115,8 +117,39 @@ def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_lengt
   }
 
 
+def bench_forward_backward(model_name, *, vocab_size, batch, length, dtype, repeats) -> dict:
+  """Splits the update's cost: forward to hidden states, forward + backward, and with log-probs."""
+  cfg = transformer.get_config(model_name, vocab_size=vocab_size, dtype=dtype)
+  graphdef, params, rest = nnx.split(transformer.Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+  ids = jnp.asarray(np.random.default_rng(0).integers(1, vocab_size, (batch, length)), jnp.int32)
+  mask = jnp.ones_like(ids)
+
+  def hidden_sum(p):
+    return jnp.sum(nnx.merge(graphdef, p, rest)(ids, mask, return_hidden=True).astype(jnp.float32))
+
+  def logp_sum(p):
+    model = nnx.merge(graphdef, p, rest)
+    hidden = model(ids, mask, return_hidden=True)
+    return jnp.sum(logprobs_lib.token_logprobs(hidden[:, :-1], model.unembedding(), ids[:, 1:]))
+
+  cases = {"forward_s": jax.jit(hidden_sum), "forward_backward_s": jax.jit(jax.grad(hidden_sum)),
+           "forward_backward_logprobs_s": jax.jit(jax.grad(logp_sum))}
+  result = {"case": "forward_backward", "model": model_name, "dtype": dtype, "batch": batch, "length": length}
+  for name, fn in cases.items():
+    jax.block_until_ready(fn(params))
+    times = [_timed(fn, params)[1] for _ in range(repeats)]
+    result[name] = round(float(np.median(times)), 4)
+  result["device"] = jax.devices()[0].device_kind
+  return result
+
+
 def main(argv):
   del argv
+  if _CASE.value == "forward_backward":
+    print(json.dumps(bench_forward_backward(
+        _MODEL.value, vocab_size=_VOCAB.value, batch=_PROMPTS.value * _GROUP.value,
+        length=_PROMPT_LEN.value + _COMPLETION_LEN.value, dtype=_DTYPE.value, repeats=_REPEATS.value)))
+    return
   result = bench_grpo_step(_MODEL.value, vocab_size=_VOCAB.value, prompts=_PROMPTS.value,
                            group_size=_GROUP.value, prompt_length=_PROMPT_LEN.value,
                            completion_length=_COMPLETION_LEN.value, dtype=_DTYPE.value, repeats=_REPEATS.value)
