@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from objectives import dpo, implicit_prm, logprob_rewards, prime, rdp, registry
+from objectives import advantages, dpo, grpo, implicit_prm, kl, logprob_rewards, prime, rdp, registry
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,39 @@ def test_logprob_rewards(mesh):
     return out
 
   assert_same_sharded(mesh, everything, cot, cot_mask, ans, ans_mask, adv, score_b, score_a, group_logp)
+
+
+def _mask(seed, shape):
+  mask = (np.random.default_rng(seed).random(shape) > 0.3).astype(np.float32)
+  mask[0] = 0.0  # a fully masked row
+  return mask
+
+
+@pytest.mark.parametrize("loss_type", grpo.LOSS_TYPES)
+def test_grpo(mesh, loss_type):
+  logp, old_logp, ref_logp = rng_inputs(7, (8, 5), (8, 5), (8, 5))
+  adv = rng_inputs(8, (8,))[0]
+  fn = functools.partial(grpo.loss, loss_type=loss_type, epsilon_high=0.28, beta=0.04)
+  grad_fn = lambda lp, *a: jax.value_and_grad(lambda x: fn(x, *a[:3], ref_logp=a[3])[0])(lp)  # noqa: E731
+  assert_same_sharded(mesh, grad_fn, logp, old_logp, adv, _mask(9, (8, 5)), ref_logp)
+
+
+def test_kl_estimators(mesh):
+  logp, ref_logp = rng_inputs(10, (8, 5), (8, 5))
+  for estimator in kl.ESTIMATORS:
+    assert_same_sharded(mesh, functools.partial(kl.estimate, estimator=estimator), logp, ref_logp)
+
+
+def test_advantage_estimators(mesh):
+  rewards, values = rng_inputs(11, (8,), (8, 5))
+  token_rewards = rng_inputs(12, (8, 5))[0]
+  mask = _mask(13, (8, 5))
+  mask[0, 0] = 1.0  # keep every group non-empty
+  for scale in ("group", "batch", "none"):
+    assert_same_sharded(mesh, functools.partial(advantages.group_advantages, group_size=4, scale_rewards=scale),
+                        rewards)
+  assert_same_sharded(mesh, functools.partial(advantages.rloo, group_size=4), rewards)
+  assert_same_sharded(mesh, functools.partial(advantages.gae, gamma=0.9, lam=0.8), token_rewards, values, mask)
+  assert_same_sharded(mesh, functools.partial(advantages.discounted_returns, gamma=0.9), token_rewards, mask)
+  assert_same_sharded(mesh, functools.partial(advantages.min_form_returns, temperature=0.1), token_rewards, mask)
+  assert_same_sharded(mesh, advantages.reinforce_plus_plus, token_rewards, mask)
