@@ -103,7 +103,9 @@ def token_logprobs(hidden: Array, unembedding: Array, targets: Array, *, tempera
 
   @jax.checkpoint
   def chunk(w, h_c, y_c):
-    logits = jnp.einsum("bcd,dv->bcv", h_c, w, preferred_element_type=jnp.float32)  # [B, c, V]
+    # A 2-D matmul: XLA:CPU runs the backward of the batched einsum about 2x slower.
+    logits = jnp.dot(h_c.reshape(-1, d), w, preferred_element_type=jnp.float32)
+    logits = logits.reshape(h_c.shape[0], c, -1)  # [B, c, V]
     logits = logits / temperature
     logp, entropy = _logp_and_entropy(logits, y_c)
     return logp, entropy if return_entropy else None

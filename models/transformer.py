@@ -27,6 +27,7 @@ G = N / KV query heads per KV head, H head dim, F intermediate size, V vocabular
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -177,7 +178,14 @@ class Projection(nnx.Module):
       self.bias = None
 
   def __call__(self, x: Array) -> Array:
-    y = jnp.einsum(self.spec, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    # Same result as einsum(spec), computed as one 2-D matmul [rows, in] @ [in, out]:
+    # XLA:CPU runs the backward of the batched 3-D einsum about 2x slower.
+    x_axes = self.spec.split(",")[0]
+    n_in = len(x_axes) - 2  # contracted axes: x's trailing ones, the kernel's leading ones
+    kernel = self.kernel[...].astype(self.dtype)
+    lead, in_shape, out_shape = x.shape[:-n_in], kernel.shape[:n_in], kernel.shape[n_in:]
+    x2 = x.astype(self.dtype).reshape(-1, math.prod(in_shape))
+    y = (x2 @ kernel.reshape(math.prod(in_shape), -1)).reshape(*lead, *out_shape)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
