@@ -49,7 +49,6 @@ del objectives  # imported for its registrations
 class Components:
   """Everything built from a config, before any step runs."""
   task: tasks_lib.Task
-  model_config: transformer.TransformerConfig
   graphdef: Any
   init_params: Any
   rest: Any
@@ -70,16 +69,16 @@ def build(config) -> Components:
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   w, s = config.warmup.steps, config.train.steps
   updates_per_rl_step = config.train.num_iterations * config.train.num_minibatches
+  shared = dict(weight_decay=config.optim.weight_decay, b1=config.optim.b1, b2=config.optim.b2,
+                max_grad_norm=config.optim.max_grad_norm)
   warmup_opt = optim.make_optimizer(
       config.warmup.lr, total_steps=max(w, 1), warmup_steps=min(config.optim.warmup_steps, w),
-      schedule="cosine", weight_decay=config.optim.weight_decay, b1=config.optim.b1, b2=config.optim.b2,
-      max_grad_norm=config.optim.max_grad_norm)
+      schedule="cosine", **shared)
   rl_opt = optim.make_optimizer(
       config.optim.lr, total_steps=max(s * updates_per_rl_step, 1),
       warmup_steps=config.optim.warmup_steps * updates_per_rl_step, schedule=config.optim.schedule,
-      weight_decay=config.optim.weight_decay, b1=config.optim.b1, b2=config.optim.b2,
-      max_grad_norm=config.optim.max_grad_norm)
-  return Components(task, model.config, graphdef, params, rest, warmup_opt, rl_opt)
+      **shared)
+  return Components(task, graphdef, params, rest, warmup_opt, rl_opt)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -202,7 +201,7 @@ class Trainer:
     out = self.rollout_sampler(params, prompt_ids, prompt_mask, key)
     tokens, old_logp, mask = jax.device_get((out.tokens, out.logprobs, out.mask))
     completions = batching.decode_completions(self.tokenizer, tokens, mask)
-    columns = {k: [e[k] for e in examples] for k in examples[0] if k != "prompt"}
+    columns = _columns(examples)
     per_fn = rewards_base.compute_rewards(self.reward_fns, prompts, completions, columns)  # [B, F]
     rewards, all_missing = advantages_lib.combine_rewards(jnp.asarray(per_fn), jnp.asarray(self.reward_weights))
     valid = ~all_missing
@@ -272,7 +271,7 @@ class Trainer:
       prompts = [e["prompt"] for e in chunk]
       ids, mask = batching.encode_prompts(
           self.tokenizer, prompts, max_length=cfg.task.max_prompt_length, padding_side="left")
-      columns = {k: [e[k] for e in chunk] for k in chunk[0] if k != "prompt"}
+      columns = _columns(chunk)
       for mode, sampler in (("greedy", self.greedy_sampler), ("sampled", self.rollout_sampler)):
         out = sampler(params, ids, mask, jax.random.fold_in(key, start))
         tokens, cmask = jax.device_get((out.tokens, out.mask))
@@ -359,6 +358,11 @@ class Trainer:
       metrics_lib.plot_curves(self.workdir / "metrics.jsonl", self.workdir / "reward_curve.png",
                               title=f"{self.config.objective.name} on {self.config.task.name}")
     return {"rows": rows, "table": table}
+
+
+def _columns(examples: list[dict]) -> dict[str, list]:
+  """Every field but the prompt, as the keyword columns of the reward functions (TRL style)."""
+  return {k: [e[k] for e in examples] for k in examples[0] if k != "prompt"}
 
 
 def _validate(config) -> None:
