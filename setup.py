@@ -30,10 +30,17 @@ setup(
         "tqdm",
         "tensorboardX",
         "matplotlib",
+        "safetensors>=0.4",
+        "reasoning-gym>=0.1.25",
+        "math-verify>=0.9",
     ],
     extras_require={
         "tfds": ["tensorflow-datasets"],
+        # GGUF conversion (models/convert_gguf.py) and parity checks against PyTorch models.
+        "hf": ["torch==2.13.0", "gguf>=0.10"],
         "test": [
+            "torch==2.13.0",
+            "gguf>=0.10",
             "pytest>=8",
             "pytest-timeout",
             "hypothesis",

@@ -21,6 +21,7 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.model = config_dict.ConfigDict()
   c.model.name = "mini"  # a size in models.transformer.get_config
   c.model.dtype = "float32"  # compute dtype: float32 or bfloat16
+  c.model.hf_path = ""  # a local Hugging Face model folder: its weights replace `name`'s random init
 
   c.task = config_dict.ConfigDict()
   c.task.name = "arithmetic"
@@ -83,6 +84,13 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.eval.every = 50  # GRPO steps between held-out evaluations
   c.eval.batch_size = 128
 
+  # Device mesh and logical-axis rules (jaxrl_reward/sharding.py). -1: the remaining devices.
+  # Example: data 2 x fsdp 2 x tensor 2 on 8 devices:
+  #   --config.mesh='(("data", 2), ("fsdp", 2), ("tensor", 2))'
+  c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
+  # (logical_name, mesh_axes) pairs replacing entries of sharding.DEFAULT_RULES.
+  c.sharding_rules = ()
+
   c.log_every = 1
   c.checkpoint_every = 50  # steps; warm-up and GRPO steps share one counter
 
@@ -93,7 +101,7 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
     c.task.num_eval = 32
     c.warmup.steps = 4
     c.warmup.batch_size = 16
-    c.rollout.prompts_per_step = 2
+    c.rollout.prompts_per_step = 4  # 16 rows: 8 per mini-batch, one per device on 8 devices
     c.rollout.group_size = 4
     c.train.steps = 4
     c.train.num_iterations = 2  # exercises clipping against the rollout's log-probs

@@ -2,6 +2,8 @@
 
     python -m experiments.bench --model=tiny --prompts=4 --group_size=8 --completion_length=64
     python -m experiments.bench --case=forward_backward --model=tiny   # where the update's time goes
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+        python -m experiments.bench --mesh=data=2,fsdp=2,tensor=2      # the step under a mesh
 
 The default shape matches a common TRL GRPOTrainer setup: hidden 256, 4 layers, 4 heads
 / 2 KV heads, intermediate 1024, 32 completions of 64 tokens (8 per prompt). Sampling
@@ -25,6 +27,7 @@ import objectives  # noqa: F401  (registers the objectives)
 from jaxrl_reward import logprobs as logprobs_lib
 from jaxrl_reward import optim
 from jaxrl_reward import sampling
+from jaxrl_reward import sharding
 from jaxrl_reward import update as update_lib
 from objectives import advantages as advantages_lib
 from objectives import registry
@@ -39,6 +42,20 @@ _COMPLETION_LEN = flags.DEFINE_integer("completion_length", 64, "Completion toke
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions after the warm-up call.")
 _CASE = flags.DEFINE_enum("case", "grpo_step", ["grpo_step", "forward_backward"], "What to time.")
+_MESH = flags.DEFINE_string("mesh", "", "Mesh axes as name=size,... (e.g. fsdp=8); empty: one device.")
+
+
+def parse_mesh(text: str):
+  """"data=2,fsdp=4" -> (("data", 2), ("fsdp", 4)); "" -> None."""
+  if not text:
+    return None
+  axes = []
+  for part in text.split(","):
+    name, _, size = part.partition("=")
+    if not size:
+      raise ValueError(f"--mesh: expected name=size pairs separated by commas, got {text!r}")
+    axes.append((name.strip(), int(size)))
+  return tuple(axes)
 
 
 def _timed(fn, *args):
@@ -48,14 +65,20 @@ def _timed(fn, *args):
 
 
 def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_length, completion_length,
-                    dtype, repeats) -> dict:
+                    dtype, repeats, mesh_axes=None) -> dict:
   cfg = transformer.get_config(model_name, vocab_size=vocab_size, dtype=dtype)
   model = transformer.Transformer(cfg, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   batch = prompts * group_size
+  optimizer = optim.make_optimizer(1e-5, total_steps=1000)
+  placement = None
+  if mesh_axes:
+    mesh = sharding.make_mesh(mesh_axes)
+    placement = sharding.placement_for(params, mesh, sharding.merge_rules(())).with_optimizer(optimizer, params)
+    params = jax.device_put(params, placement.params)
   sampler = sampling.make_sampler(graphdef, max_new_tokens=completion_length, temperature=1.0, eos_id=None,
-                                  pad_id=0)
+                                  pad_id=0, placement=placement)
   objective = registry.get("grpo")
 
   def loss_fn(m, mb):
@@ -63,9 +86,11 @@ def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_lengt
                                             mb["mask"])
     return objective(logp, mb, loss_type="dapo")
 
-  optimizer = optim.make_optimizer(1e-5, total_steps=1000)
-  opt_state = optimizer.init(params)
-  step = update_lib.make_update_step(loss_fn, graphdef, rest, optimizer)
+  if placement is None:
+    opt_state = optimizer.init(params)
+  else:
+    opt_state = jax.jit(optimizer.init, out_shardings=placement.opt_state)(params)
+  step = update_lib.make_update_step(loss_fn, graphdef, rest, optimizer, placement=placement)
   rng = np.random.default_rng(0)
   prompt_ids = jnp.asarray(rng.integers(1, vocab_size, (batch, prompt_length)), jnp.int32)
   prompt_mask = jnp.ones_like(prompt_ids)
@@ -112,6 +137,9 @@ def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_lengt
       # Model FLOPs of the update (forward + backward = 6 N per token over prompt + completion).
       "update_tflops_per_s": round(6 * n_params * batch * (prompt_length + completion_length) / t_update / 1e12, 3),
       "compile_s": round(t_sample_first - t_sample + t_update_first - t_update, 2),
+      "mesh": dict(placement.mesh.shape) if placement else None,
+      # Parameters + optimizer state held by one device.
+      "state_MB_per_device": round(sharding.per_device_bytes((params, opt_state)) / 2**20, 2),
       "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
       "host": platform.processor() or platform.machine(),
   }
@@ -152,7 +180,8 @@ def main(argv):
     return
   result = bench_grpo_step(_MODEL.value, vocab_size=_VOCAB.value, prompts=_PROMPTS.value,
                            group_size=_GROUP.value, prompt_length=_PROMPT_LEN.value,
-                           completion_length=_COMPLETION_LEN.value, dtype=_DTYPE.value, repeats=_REPEATS.value)
+                           completion_length=_COMPLETION_LEN.value, dtype=_DTYPE.value, repeats=_REPEATS.value,
+                           mesh_axes=parse_mesh(_MESH.value))
   print(json.dumps(result))
 
 

@@ -5,6 +5,11 @@
 
 The config is locked: overriding a key that does not exist is an error. Running again on
 the same workdir resumes from its last checkpoint.
+
+Several processes (TPU pod slices, multi-node GPU) run the same command on every host;
+`jax.distributed` is initialised from the environment (see README, "Scale out"):
+`JAX_COORDINATOR_ADDRESS` + `JAX_NUM_PROCESSES` + `JAX_PROCESS_ID`, or
+`JAX_DISTRIBUTED=auto` where JAX detects the cluster itself.
 """
 from __future__ import annotations
 
@@ -24,8 +29,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax) would drown the progress bar
-  from jaxrl_reward import trainer  # after flag parsing: keeps --help fast
+  from jaxrl_reward import sharding  # after flag parsing: keeps --help fast
+  from jaxrl_reward import trainer
 
+  sharding.maybe_initialize_distributed()  # before anything touches the devices
   result = trainer.train(_CONFIG.value, _WORKDIR.value)
   print(result["table"])
 

@@ -17,6 +17,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from jaxrl_reward import sharding
+
 Array = jax.Array
 
 
@@ -100,12 +102,16 @@ def token_logprobs(hidden: Array, unembedding: Array, targets: Array, *, tempera
   y = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad)))
   h = h.reshape(b, n_chunks, c, d).swapaxes(0, 1)  # [n, B, c, D]
   y = y.reshape(b, n_chunks, c).swapaxes(0, 1)  # [n, B, c]
+  # Under a mesh: rows stay over the batch axes, the vocabulary over `tensor` (the weight's
+  # hidden dim is gathered, FSDP style), so no chunk is ever replicated.
+  h = sharding.constrain(h, (None, "act_batch", None, "act_embed"))
 
   @jax.checkpoint
   def chunk(w, h_c, y_c):
     # A 2-D matmul: XLA:CPU runs the backward of the batched einsum about 2x slower.
     logits = jnp.dot(h_c.reshape(-1, d), w, preferred_element_type=jnp.float32)
     logits = logits.reshape(h_c.shape[0], c, -1)  # [B, c, V]
+    logits = sharding.constrain(logits, ("act_batch", None, "act_vocab"))
     logits = logits / temperature
     logp, entropy = _logp_and_entropy(logits, y_c)
     return logp, entropy if return_entropy else None

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrl_reward import sharding
 from jaxrl_reward.logprobs import left_align
 
 Array = jax.Array
@@ -153,19 +154,25 @@ def sample(model, prompt_ids: Array, prompt_mask: Array, key: Array, *, max_new_
 
 
 def make_sampler(graphdef, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, eos_id: int | None = None, pad_id: int = 0):
+                 top_p: float = 1.0, eos_id: int | None = None, pad_id: int = 0,
+                 placement: sharding.Placement | None = None):
   """Jitted `fn(params, prompt_ids, prompt_mask, key) -> SampleOutput`.
 
   `graphdef, params = nnx.split(model, nnx.Param)`; the model is merged inside the jit, so
-  new params (after an optimiser step) reuse the compiled sampler.
+  new params (after an optimiser step) reuse the compiled sampler. With a `placement` the
+  sampler runs under its mesh: params in their shardings, prompt rows and outputs over the
+  batch axes, the KV cache constrained by the model's rules.
   """
   _check_options(max_new_tokens, temperature, top_k, top_p)
 
-  @jax.jit
   def sampler(params, prompt_ids, prompt_mask, key):
     model = nnx.merge(graphdef, params)
     return sample(model, prompt_ids, prompt_mask, key, max_new_tokens=max_new_tokens,
                   temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
                   pad_id=pad_id)
 
-  return sampler
+  if placement is None:
+    return jax.jit(sampler)
+  rows = placement.rows
+  return placement.jit(sampler, in_shardings=(placement.params, rows, rows, placement.replicated),
+                       out_shardings=SampleOutput(rows, rows, rows))

@@ -13,18 +13,27 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxrl_reward import sharding
+
 # loss_fn(model, microbatch) -> (loss_sum, denominator, metrics)
 LossFn = Callable[[nnx.Module, Mapping[str, jax.Array]], tuple[jax.Array, jax.Array, Mapping[str, jax.Array]]]
 
 
 def split_microbatches(batch: Mapping[str, Any], num_microbatches: int) -> dict[str, jax.Array]:
-  """Reshapes every leaf `[B, ...]` to `[num_microbatches, B / num_microbatches, ...]`."""
+  """Reshapes every leaf `[B, ...]` to `[M, B / M, ...]`, micro-batch m holding rows m, m+M, ...
+
+  Strided rather than contiguous: with the rows sharded over the batch axes of a mesh,
+  every micro-batch then spans all the batch shards (no resharding per micro-batch). The
+  summed gradient does not depend on the split.
+  """
+  m = num_microbatches
+
   def reshape(x):
     x = jnp.asarray(x)
-    if x.shape[0] % num_microbatches:
-      raise ValueError(
-          f"batch of {x.shape[0]} rows does not split into num_microbatches={num_microbatches} equal parts")
-    return x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
+    if x.shape[0] % m:
+      raise ValueError(f"batch of {x.shape[0]} rows does not split into num_microbatches={m} equal parts")
+    x = x.reshape((x.shape[0] // m, m) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
   return {k: reshape(v) for k, v in batch.items()}
 
 
@@ -48,15 +57,22 @@ def accumulate_gradients(loss_fn: LossFn, graphdef, params, rest, microbatches):
 
 
 def make_update_step(loss_fn: LossFn, graphdef, rest, optimizer: optax.GradientTransformation, *,
-                     num_microbatches: int = 1, loss_key: str = "loss/total"):
+                     num_microbatches: int = 1, loss_key: str = "loss/total",
+                     placement: sharding.Placement | None = None):
   """Builds `step(params, opt_state, batch) -> (params, opt_state, metrics)`, jitted with donated state.
 
   `batch` holds arrays `[B, ...]`; B must divide into `num_microbatches` parts. Metrics
   returned per micro-batch are averaged; `loss_key` holds the exact batch loss
   sum / denominator and `optim/grad_norm` the norm of the (unclipped) gradient.
+
+  With a `placement`, the step runs under its mesh: params and optimizer state in and out
+  with their shardings, the batch rows over the batch axes, metrics replicated, and the
+  model's activation constraints active.
   """
   def step(params, opt_state, batch):
     microbatches = split_microbatches(batch, num_microbatches)
+    if placement is not None:
+      microbatches = {k: placement.constrain_rows(v, axis=1) for k, v in microbatches.items()}
     grads, total, den, mb_metrics = accumulate_gradients(loss_fn, graphdef, params, rest, microbatches)
     scale = jnp.where(den > 0, 1.0 / jnp.maximum(den, 1e-12), 0.0)
     grads = jax.tree.map(lambda g: g * scale, grads)
@@ -67,4 +83,8 @@ def make_update_step(loss_fn: LossFn, graphdef, rest, optimizer: optax.GradientT
     metrics["optim/grad_norm"] = optax.global_norm(grads)
     return params, opt_state, metrics
 
-  return jax.jit(step, donate_argnums=(0, 1))
+  if placement is None:
+    return jax.jit(step, donate_argnums=(0, 1))
+  return placement.jit(step, in_shardings=(placement.params, placement.opt_state, placement.rows),
+                       out_shardings=(placement.params, placement.opt_state, placement.replicated),
+                       donate_argnums=(0, 1))

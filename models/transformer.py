@@ -19,7 +19,10 @@ mapping is a reshape / transpose per tensor. Kernels are stored input-major:
 
 Every parameter carries logical axis names (`embed`, `vocab`, `mlp`, `heads`, `kv_heads`,
 `head_dim`, `norm`) in its `out_sharding` metadata, without eager sharding, so a mesh and
-logical-axis rules can be applied later (`nnx.get_partition_spec`).
+logical-axis rules can be applied later (`jaxrl_reward.sharding.param_shardings`). The
+residual stream, the KV cache and the logits are constrained by logical names (`act_batch`,
+`act_seq`, `act_embed`, `act_kv_heads`, `act_vocab`) when traced under
+`jaxrl_reward.sharding.activate(mesh, rules)`; elsewhere the constraints are no-ops.
 
 Shapes: B batch, T new tokens, S cache length, D hidden, N query heads, KV key/value heads,
 G = N / KV query heads per KV head, H head dim, F intermediate size, V vocabulary, L layers.
@@ -34,7 +37,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrl_reward import sharding
+
 Array = jax.Array
+
+# Logical names of activations, mapped to mesh axes by the run's sharding rules.
+_HIDDEN = ("act_batch", "act_seq", "act_embed")
+_CACHE = ("layers", "act_batch", "act_seq", "act_kv_heads", None)
 
 # Large finite negative value for masked attention logits: a query whose keys are all
 # masked gets a uniform (finite) softmax instead of NaN.
@@ -50,6 +59,10 @@ class TransformerConfig:
   `dtype` is the compute dtype of activations and matmuls; `param_dtype` the storage dtype
   of parameters. Logits are always returned in float32. `initializer_range` is the standard
   deviation of the normal initialiser of every kernel and embedding (HF's default 0.02).
+  `rope_scaling` is None (plain RoPE) or Llama 3.1's frequency scaling, given as a dict or
+  as sorted `(key, value)` pairs (stored as the pairs, so the config stays hashable):
+  `{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+  "original_max_position_embeddings": 8192}` (see `rope_inv_freq`).
   """
   vocab_size: int
   hidden_size: int
@@ -67,8 +80,11 @@ class TransformerConfig:
   param_dtype: str = "float32"
   max_position_embeddings: int = 2048
   initializer_range: float = 0.02
+  rope_scaling: tuple[tuple[str, Any], ...] | None = None
 
   def __post_init__(self):
+    if self.rope_scaling is not None:
+      object.__setattr__(self, "rope_scaling", _check_rope_scaling(self.rope_scaling))
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                  "head_dim", "intermediate_size"):
       if int(getattr(self, name)) <= 0:
@@ -91,6 +107,25 @@ class TransformerConfig:
   @property
   def params_dtype(self):
     return _DTYPES[self.param_dtype]
+
+
+_LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+                     "original_max_position_embeddings")
+
+
+def _check_rope_scaling(scaling) -> tuple[tuple[str, Any], ...]:
+  """Validates a `rope_scaling` dict / pairs and returns it as sorted pairs."""
+  table = dict(scaling)
+  kind = table.get("rope_type")
+  if kind != "llama3":
+    raise ValueError(f"TransformerConfig.rope_scaling: rope_type must be 'llama3', got {kind!r}")
+  missing = [k for k in _LLAMA3_ROPE_KEYS if k not in table]
+  if missing:
+    raise ValueError(f"TransformerConfig.rope_scaling (llama3) is missing {missing}")
+  if not float(table["high_freq_factor"]) > float(table["low_freq_factor"]) > 0:
+    raise ValueError("TransformerConfig.rope_scaling needs high_freq_factor > low_freq_factor > 0, "
+                     f"got {table}")
+  return tuple(sorted(table.items()))
 
 
 _CONFIGS: dict[str, dict[str, Any]] = {
@@ -204,17 +239,42 @@ class Embed(nnx.Module):
     return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)  # [B, T, D]
 
 
-def rope(x: Array, positions: Array, theta: float) -> Array:
+def rope_inv_freq(head_dim: int, theta: float, scaling=None) -> Array:
+  """RoPE inverse frequencies [H/2] float32: theta^(-2i/H), optionally Llama-3.1 scaled.
+
+  Llama 3.1 scaling (HF `rope_type="llama3"`), with wavelength w = 2 pi / f and
+  L = original_max_position_embeddings: f / factor where w > L / low_freq_factor, f where
+  w < L / high_freq_factor, and in between (1 - s) f / factor + s f with
+  s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor).
+  """
+  half = head_dim // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / head_dim))
+  if scaling is None:
+    return inv_freq
+  s = dict(scaling)
+  factor, low, high = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
+  old_len = float(s["original_max_position_embeddings"])
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+  smooth = (old_len / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def rope(x: Array, positions: Array, theta: float, scaling=None) -> Array:
   """Rotary position embedding, HF "rotate_half" layout (Su et al. 2021, arXiv 2104.09864).
 
   Args:
     x: [B, T, heads, H].
     positions: [B, T] int.
+    theta: base period.
+    scaling: None or `TransformerConfig.rope_scaling` (see `rope_inv_freq`).
   Returns:
     [B, T, heads, H] in x.dtype; the rotation is computed in float32.
   """
   half = x.shape[-1] // 2
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / x.shape[-1]))
+  inv_freq = rope_inv_freq(x.shape[-1], theta, scaling)
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
   cos = jnp.cos(angles)[:, :, None, :]
   sin = jnp.sin(angles)[:, :, None, :]
@@ -255,7 +315,7 @@ class Attention(nnx.Module):
     k = self.k_proj(x)
     if self.k_norm is not None:
       k = self.k_norm(k)
-    return rope(k, positions, self.config.rope_theta), self.v_proj(x)
+    return rope(k, positions, self.config.rope_theta, self.config.rope_scaling), self.v_proj(x)
 
   def __call__(self, x: Array, positions: Array, keys: Array, values: Array,
                mask: Array) -> Array:
@@ -273,7 +333,7 @@ class Attention(nnx.Module):
     q = self.q_proj(x)
     if self.q_norm is not None:
       q = self.q_norm(q)
-    q = rope(q, positions, c.rope_theta)  # [B, T, N, H]
+    q = rope(q, positions, c.rope_theta, c.rope_scaling)  # [B, T, N, H]
     b, t, n, h = q.shape
     kv = keys.shape[2]
     q = q.reshape(b, t, kv, n // kv, h)  # [B, T, KV, G, H]
@@ -352,8 +412,11 @@ class Transformer(nnx.Module):
 
   def logits(self, hidden: Array) -> Array:
     """[..., D] final-normed hidden -> [..., V] float32 logits (matmul in the compute dtype)."""
-    return jnp.einsum("...d,dv->...v", hidden, self.unembedding().astype(hidden.dtype),
-                      preferred_element_type=jnp.float32)
+    logits = jnp.einsum("...d,dv->...v", hidden, self.unembedding().astype(hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    if logits.ndim == 3:
+      logits = sharding.constrain(logits, ("act_batch", "act_seq", "act_vocab"))
+    return logits
 
   def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
     """Empty cache with `max_length` slots per row; dtype defaults to the compute dtype."""
@@ -408,7 +471,9 @@ class Transformer(nnx.Module):
       mask = causal[None] & key_mask[:, None, :]  # [B, T, S]
       cache_k, cache_v = cache.k, cache.v
 
-    x = self.embed_tokens(input_ids)  # [B, T, D]
+    x = sharding.constrain(self.embed_tokens(input_ids), _HIDDEN)  # [B, T, D]
+    if cache is not None:
+      cache_k, cache_v = sharding.constrain(cache_k, _CACHE), sharding.constrain(cache_v, _CACHE)
     for i, layer in enumerate(self.layers):
       y = layer.input_layernorm(x)
       k, v = layer.self_attn.project_kv(y, positions)  # [B, T, KV, H]
@@ -420,6 +485,7 @@ class Transformer(nnx.Module):
         k, v = cache_k[i], cache_v[i]  # [B, S, KV, H]
       x = x + layer.self_attn(y, positions, k, v, mask)
       x = x + layer.mlp(layer.post_attention_layernorm(x))
+      x = sharding.constrain(x, _HIDDEN)
 
     hidden = self.norm(x)
     out = hidden if return_hidden else self.logits(hidden)

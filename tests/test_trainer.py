@@ -11,6 +11,7 @@ import pytest
 from configs import grpo_arithmetic
 from jaxrl_reward import trainer as trainer_lib
 from jaxrl_reward import metrics as metrics_lib
+from jaxrl_reward import sharding
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,11 @@ def micro_config(**overrides):
   return c
 
 
+def _trainer(config, workdir):
+  """On one device: the trainer's logic, fast; tests/test_sharding.py covers the meshes."""
+  return trainer_lib.Trainer(config, workdir, mesh=sharding.make_mesh((("data", 1),), devices=jax.devices()[:1]))
+
+
 def _params_np(state):
   return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
 
@@ -35,7 +41,7 @@ def _params_np(state):
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("full")
-  t = trainer_lib.Trainer(micro_config(), workdir)
+  t = _trainer(micro_config(), workdir)
   result = t.run()
   return workdir, t, result
 
@@ -73,8 +79,8 @@ def test_resume_equals_uninterrupted(full_run, tmp_path):
   half = t_full.total_steps // 2 + 1  # stops inside the GRPO stage
   c = micro_config()
   c.checkpoint_every = 1
-  trainer_lib.Trainer(c, tmp_path).run(stop_at=half)  # as if killed after `half` steps
-  resumed = trainer_lib.Trainer(micro_config(), tmp_path)
+  _trainer(c, tmp_path).run(stop_at=half)  # as if killed after `half` steps
+  resumed = _trainer(micro_config(), tmp_path)
   resumed.run()
   for a, b in zip(_params_np(t_full.state), _params_np(resumed.state)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -91,7 +97,7 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
   """The same rollout batch updated with 1 or 4 micro-batches gives the same parameters."""
   results = []
   for accum in (1, 4):
-    t = trainer_lib.Trainer(micro_config(**{"train.grad_accum_steps": accum, "train.num_minibatches": 1,
+    t = _trainer(micro_config(**{"train.grad_accum_steps": accum, "train.num_minibatches": 1,
                                             "objective.options.loss_type": "grpo"}), tmp_path / str(accum))
     state = t._initial_state(t.warmup_steps)
     state, metrics = t.rl_step(state, t.warmup_steps)
@@ -103,18 +109,18 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
 
 def test_bad_config_values_are_named(tmp_path):
   with pytest.raises(ValueError, match="group_size"):
-    trainer_lib.Trainer(micro_config(**{"rollout.group_size": 1}), tmp_path)
+    _trainer(micro_config(**{"rollout.group_size": 1}), tmp_path)
   with pytest.raises(ValueError, match="num_minibatches"):
-    trainer_lib.Trainer(micro_config(**{"train.num_minibatches": 3}), tmp_path)
+    _trainer(micro_config(**{"train.num_minibatches": 3}), tmp_path)
   with pytest.raises(KeyError, match="no_such_objective"):
-    trainer_lib.Trainer(micro_config(**{"objective.name": "no_such_objective"}), tmp_path)
+    _trainer(micro_config(**{"objective.name": "no_such_objective"}), tmp_path)
 
 
 def test_unwritable_workdir_is_an_error(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("x")
   with pytest.raises(PermissionError, match="workdir"):
-    trainer_lib.Trainer(micro_config(), blocker / "run")
+    _trainer(micro_config(), blocker / "run")
 
 
 def test_cli_rejects_unknown_config_key(tmp_path):
@@ -137,7 +143,7 @@ def test_registered_objective_trains_without_engine_changes(tmp_path):
 
   c = micro_config(**{"objective.name": "test_vanilla_pg", "optim.warmup_steps": 0})
   c.objective.options = type(c.objective.options)()  # the custom objective takes no options
-  t = trainer_lib.Trainer(c, tmp_path)
+  t = _trainer(c, tmp_path)
   before = _params_np(t._initial_state(t.warmup_steps))
   state, metrics = t.rl_step(t._initial_state(t.warmup_steps), t.warmup_steps)
   assert np.isfinite(metrics["loss/total"])

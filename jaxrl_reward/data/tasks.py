@@ -38,7 +38,21 @@ def _arithmetic(task_config, seed: int) -> Task:
   return Task(tokenizer_lib.build_arithmetic_tokenizer(), train, held_out, sft_targets)
 
 
-TASKS: dict[str, Callable[[Any, int], Task]] = {"arithmetic": _arithmetic}
+def _reasoning_gym(task_config, seed: int) -> Task:
+  from jaxrl_reward.data import reasoning_gym_source  # imports reasoning_gym lazily
+  return reasoning_gym_source.build_reasoning_gym_task(task_config, seed)
+
+
+def _math_file(task_config, seed: int) -> Task:
+  from jaxrl_reward.data import math_files
+  return math_files.build_math_file_task(task_config, seed)
+
+
+TASKS: dict[str, Callable[[Any, int], Task]] = {
+    "arithmetic": _arithmetic,
+    "reasoning_gym": _reasoning_gym,
+    "math_file": _math_file,
+}
 
 
 def build_task(task_config, *, seed: int) -> Task:

@@ -1,0 +1,172 @@
+"""Markdown tables from benchmark JSON lines (experiments/bench*.py output).
+
+    python -m experiments.bench_tables results.jsonl [more.jsonl ...]            # print
+    python -m experiments.bench_tables results.jsonl --out=bench_tables.md       # also write
+
+Reads every line that parses as a JSON object (other lines, e.g. logging, are skipped) and
+groups the records by their "case":
+
+- `logprobs_grad` / `logprobs_ratio` (experiments/bench_logprobs.py): one row per
+  (dtype, V, T, B) with lean and naive peak memory and time, and their ratios;
+- `grpo_step` (experiments/bench.py), `trl_grpo_step` and `tunix_grpo_step`
+  (experiments/bench_trl.py): one row per run, then the ratio of our median whole-step
+  tokens/s to each other library's median at the same shape;
+- any other case: a table of all its fields.
+
+The tables are meant to be pasted into a results document by hand; `--out` refuses to
+overwrite BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+
+
+def read_records(paths):
+  records = []
+  for path in paths:
+    with open(path) as f:
+      for line in f:
+        line = line.strip()
+        if not line.startswith("{"):
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if isinstance(record, dict) and "case" in record:
+          records.append(record)
+  return records
+
+
+def _fmt(x, digits=3):
+  if x is None:
+    return "-"
+  if isinstance(x, bool):
+    return "yes" if x else "no"
+  if isinstance(x, float):
+    if abs(x) >= 1000:
+      return f"{x:,.0f}"
+    return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:,.{digits}f}".rstrip("0").rstrip(".")
+  if isinstance(x, int):
+    return f"{x:,}"
+  return str(x)
+
+
+def table(header, rows):
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def logprobs_table(records):
+  grads = [r for r in records if r["case"] == "logprobs_grad"]
+  if not grads:
+    return None
+  cells = collections.OrderedDict()
+  for r in grads:  # the last record of a (shape, impl) wins
+    key = (r["dtype"], r["V"], r["T"], r["B"])
+    cells.setdefault(key, {})[r["impl"]] = r
+  rows = []
+  for (dtype, v, t, b), impls in cells.items():
+    lean, naive = impls.get("lean", {}), impls.get("naive", {})
+    peak_ratio = (lean["peak_GiB"] / naive["peak_GiB"]
+                  if lean.get("peak_GiB") and naive.get("peak_GiB") else None)
+    time_ratio = (lean["time_s"] / naive["time_s"]
+                  if lean.get("time_s") and naive.get("time_s") else None)
+    notes = "; ".join(f"{name}: not run ({r['not_run']})" for name, r in (("lean", lean), ("naive", naive))
+                      if r.get("not_run") and "would need" in r["not_run"])
+    rows.append((dtype, v, t, b, naive.get("full_logits_f32_GiB"), lean.get("peak_GiB"),
+                 naive.get("peak_GiB"), None if peak_ratio is None else round(peak_ratio, 3),
+                 lean.get("time_s"), naive.get("time_s"),
+                 None if time_ratio is None else round(time_ratio, 2), notes or ""))
+  header = ("dtype", "V", "T", "B", "[B,T,V] f32 GiB", "lean peak GiB", "naive peak GiB",
+            "peak lean/naive", "lean s", "naive s", "time lean/naive", "notes")
+  return "### Log-probs + GRPO loss + gradients (lean vs naive)\n\n" + table(header, rows)
+
+
+STEP_CASES = {"grpo_step": "jaxrl_reward", "trl_grpo_step": "TRL GRPOTrainer",
+              "tunix_grpo_step": "Tunix GRPOLearner"}
+
+
+def _shape(r):
+  return (r.get("batch"), r.get("prompt_length"), r.get("completion_length"), r.get("dtype"))
+
+
+def step_table(records):
+  steps = [r for r in records if r["case"] in STEP_CASES]
+  if not steps:
+    return None
+  rows = []
+  for r in steps:
+    name = STEP_CASES[r["case"]]
+    version = r.get("library") or (f"jax {r['jax']}" if r.get("jax") else "")
+    rows.append((name, version, r.get("dtype"),
+                 f"{r.get('batch')} x ({r.get('prompt_length')} + {r.get('completion_length')})",
+                 r.get("step_tokens_per_s"), r.get("step_s"), r.get("sample_tokens_per_s"),
+                 r.get("generate_s")))
+  header = ("implementation", "version", "dtype", "batch x (prompt + completion)",
+            "whole step tok/s", "step s", "sample tok/s", "TRL generate s")
+  out = "### Whole GRPO step, completion tokens/s\n\n" + table(header, rows)
+  by_shape = collections.defaultdict(lambda: collections.defaultdict(list))
+  for r in steps:
+    if r.get("step_tokens_per_s"):
+      by_shape[_shape(r)][r["case"]].append(r["step_tokens_per_s"])
+  ratio_rows = []
+  for shape, cases in by_shape.items():
+    if "grpo_step" not in cases:
+      continue
+    ours = statistics.median(cases["grpo_step"])
+    for case, values in cases.items():
+      if case != "grpo_step":
+        ratio_rows.append((f"{shape[0]} x ({shape[1]} + {shape[2]}), {shape[3]}", STEP_CASES[case],
+                           round(ours, 1), round(statistics.median(values), 1),
+                           round(ours / statistics.median(values), 2)))
+  if ratio_rows:
+    out += "\n\n" + table(("shape", "vs", "ours tok/s (median)", "theirs tok/s (median)",
+                           "ours / theirs"), ratio_rows)
+  return out
+
+
+def generic_tables(records):
+  known = {"logprobs_grad", "logprobs_ratio", *STEP_CASES}
+  by_case = collections.OrderedDict()
+  for r in records:
+    if r["case"] not in known:
+      by_case.setdefault(r["case"], []).append(r)
+  out = []
+  for case, rs in by_case.items():
+    keys = [k for k in dict.fromkeys(k for r in rs for k in r) if k != "case"]
+    rows = [tuple(r.get(k) if not isinstance(r.get(k), (list, dict)) else json.dumps(r.get(k))
+                  for k in keys) for r in rs]
+    out.append(f"### {case}\n\n" + table(keys, rows))
+  return out
+
+
+def render(records) -> str:
+  parts = [p for p in (logprobs_table(records), step_table(records)) if p]
+  parts += generic_tables(records)
+  return "\n\n".join(parts) + "\n"
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("inputs", nargs="+", help="JSONL files of benchmark results")
+  parser.add_argument("--out", default="", help="also write the Markdown to this file")
+  args = parser.parse_args(argv)
+  text = render(read_records(args.inputs))
+  print(text, end="")
+  if args.out:
+    if os.path.basename(args.out) == "BENCHMARKS.md":
+      parser.error("--out: write to another file and copy the rows into BENCHMARKS.md by hand")
+    with open(args.out, "w") as f:
+      f.write(text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

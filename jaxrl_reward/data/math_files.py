@@ -1,0 +1,350 @@
+"""GSM8K / MATH-style problems from local files (jsonl, json or parquet), read with `datasets`.
+
+Nothing here touches the network: files are read with `datasets.Dataset.from_json` /
+`from_parquet` (kept in memory).
+
+Each example is a dict:
+
+    {"prompt": the question text,
+     "answer": the final answer string,
+     "solution": the worked solution (only when the file has one)}
+
+The final answer is read from `answer_field` according to `answer_format`:
+
+- "gsm8k": the text after the last `####`, stripped, commas removed
+  (`"... 48/2 = <<48/2=24>>24 ...\\n#### 1,072"` -> `"1072"`); the whole field is the
+  solution.
+- "boxed": the content of the last `\\boxed{...}` (MATH's `solution` field, read with
+  `answer_field="solution"`); the whole field is the solution.
+- "plain": the field itself, stripped (e.g. MATH-500's `answer` column).
+- "auto" (default): per row, "gsm8k" when the field has `####`, else "boxed" when it
+  has `\\boxed`, else "plain".
+
+A separate `solution_field` column (default "solution"), when the file has one and it is
+not the answer field, is kept as the solution.
+
+Splits are deterministic in `split_seed`: `num_eval` rows chosen by
+`default_rng(split_seed).permutation`, both splits in file order. `shard_examples` gives
+process `i` of `n` the disjoint, reproducible slice `examples[i::n]` (cut to the same
+length on every process by default).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from jaxrl_reward.rewards.math_verify_reward import last_boxed
+
+ANSWER_MARKER = "####"
+ANSWER_FORMATS = ("auto", "gsm8k", "boxed", "plain")
+SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".parquet")
+
+Example = dict  # {"prompt": str, "answer": str, "solution": str (optional)}
+
+
+def read_records(path: str | os.PathLike, *, cache_dir: str | None = None):
+  """Reads a local jsonl / json / parquet file into a `datasets.Dataset` (in memory).
+
+  Raises:
+    FileNotFoundError naming the path when it does not exist (or is not a file);
+    ValueError naming the supported extensions for any other extension.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"math data file not found: {str(path)!r}")
+  suffix = path.suffix.lower()
+  if suffix not in SUPPORTED_EXTENSIONS:
+    raise ValueError(f"unsupported math data file extension {suffix!r} in {str(path)!r}; "
+                     f"supported: {list(SUPPORTED_EXTENSIONS)}")
+  import datasets  # imported lazily: heavy, and only the loaders need it
+
+  if suffix == ".parquet":
+    return datasets.Dataset.from_parquet(str(path), keep_in_memory=True, cache_dir=cache_dir)
+  return datasets.Dataset.from_json(str(path), keep_in_memory=True, cache_dir=cache_dir)
+
+
+def final_answer(text: str, answer_format: str = "auto") -> tuple[str, bool]:
+  """The final answer in `text` and whether `text` is a worked solution (see the module docstring).
+
+  Raises:
+    ValueError for an unknown format, or when an explicit "gsm8k" / "boxed" text has no
+    `####` / balanced non-empty `\\boxed{...}`, or when the answer is empty.
+  """
+  if answer_format not in ANSWER_FORMATS:
+    raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got answer_format={answer_format!r}")
+  if answer_format == "auto":
+    answer_format = "gsm8k" if ANSWER_MARKER in text else "boxed" if "\\boxed" in text else "plain"
+  if answer_format == "gsm8k":
+    if ANSWER_MARKER not in text:
+      raise ValueError(f"no {ANSWER_MARKER!r} in a gsm8k-format answer: {text[-200:]!r}")
+    answer = text.rsplit(ANSWER_MARKER, 1)[1].strip().replace(",", "")
+  elif answer_format == "boxed":
+    answer = last_boxed(text) or ""
+    if not answer:
+      raise ValueError(f"no complete \\boxed{{...}} in a boxed-format answer: {text[-200:]!r}")
+  else:
+    answer = text.strip()
+  if not answer:
+    raise ValueError(f"empty final answer in {text[-200:]!r}")
+  return answer, answer_format != "plain"
+
+
+def examples_from_records(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    fields: Sequence[str],
+    question_field: str = "question",
+    answer_field: str = "answer",
+    solution_field: str | None = "solution",
+    answer_format: str = "auto",
+    keep_fields: Sequence[str] = (),
+    source: str = "records",
+) -> list[Example]:
+  """Turns rows into examples (see the module docstring).
+
+  Args:
+    records: rows, each a mapping from field name to value.
+    fields: the field names the rows have (for the error messages and checks).
+    question_field, answer_field: the fields holding the question and the answer.
+    solution_field: a field kept as `solution` when present (and not `answer_field`).
+    answer_format: "auto", "gsm8k", "boxed" or "plain".
+    keep_fields: other fields copied into each example unchanged.
+    source: a name for the rows in error messages (e.g. the file path).
+
+  Returns:
+    Examples with `prompt`, `answer` and, when any row has one, `solution` (None in rows
+    without one), plus `keep_fields`.
+
+  Raises:
+    ValueError naming the field and the fields that exist when a field is missing, or
+    naming the row when its question / answer is missing or has no final answer.
+  """
+  fields = list(fields)
+  for role, name in (("question_field", question_field), ("answer_field", answer_field),
+                     *(("keep_fields", name) for name in keep_fields)):
+    if name not in fields:
+      raise ValueError(f"{source} has no field {name!r} ({role}); its fields are {fields}")
+  separate_solution = solution_field if solution_field in fields and solution_field != answer_field else None
+  examples = []
+  for i, row in enumerate(records):
+    question, raw_answer = row[question_field], row[answer_field]
+    if question is None or raw_answer is None or not str(question).strip():
+      raise ValueError(f"row {i} of {source} has no {question_field!r} or {answer_field!r} value")
+    try:
+      answer, is_solution = final_answer(str(raw_answer), answer_format)
+    except ValueError as e:
+      raise ValueError(f"row {i} of {source}, field {answer_field!r}: {e}") from e
+    solution = row[separate_solution] if separate_solution else (str(raw_answer) if is_solution else None)
+    example = {"prompt": str(question), "answer": answer, "solution": solution}
+    example.update({name: row[name] for name in keep_fields})
+    examples.append(example)
+  if all(ex["solution"] is None for ex in examples):
+    for ex in examples:
+      del ex["solution"]
+  return examples
+
+
+def load_math_examples(
+    path: str | os.PathLike,
+    *,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    solution_field: str | None = "solution",
+    answer_format: str = "auto",
+    keep_fields: Sequence[str] = (),
+    cache_dir: str | None = None,
+) -> list[Example]:
+  """All rows of a local jsonl / json / parquet file as examples, in file order.
+
+  See `examples_from_records` for the arguments and `read_records` for the file errors.
+  """
+  records = read_records(path, cache_dir=cache_dir)
+  return examples_from_records(
+      records, fields=records.column_names, question_field=question_field, answer_field=answer_field,
+      solution_field=solution_field, answer_format=answer_format, keep_fields=keep_fields,
+      source=repr(str(path)))
+
+
+def split_examples(examples: Sequence[Example], *, num_eval: int, seed: int) -> tuple[list[Example], list[Example]]:
+  """Deterministic `(train, eval)`: eval is `num_eval` rows drawn by `default_rng(seed)`.
+
+  Both splits keep the input order; they are disjoint and together hold every example.
+  """
+  if not 0 <= num_eval <= len(examples):
+    raise ValueError(f"need 0 <= num_eval <= {len(examples)} (the number of examples), got num_eval={num_eval}")
+  held_out = np.zeros(len(examples), dtype=bool)
+  held_out[np.random.default_rng(seed).permutation(len(examples))[:num_eval]] = True
+  train = [dict(ex) for ex, is_eval in zip(examples, held_out, strict=True) if not is_eval]
+  evaluation = [dict(ex) for ex, is_eval in zip(examples, held_out, strict=True) if is_eval]
+  return train, evaluation
+
+
+def shard_examples(
+    examples: Sequence[Example],
+    *,
+    process_index: int,
+    process_count: int,
+    drop_remainder: bool = True,
+) -> list[Example]:
+  """Process `process_index`'s share `examples[process_index::process_count]`.
+
+  The shares of processes 0..n-1 are disjoint and reproducible. With `drop_remainder`
+  (default) every share has `len(examples) // process_count` examples, so all processes
+  run the same number of steps; the last `len(examples) % process_count` examples of the
+  strided order are then left out.
+  """
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"need 0 <= process_index < process_count, got process_index={process_index}, "
+                     f"process_count={process_count}")
+  share = list(examples[process_index::process_count])
+  if drop_remainder:
+    share = share[:len(examples) // process_count]
+  return share
+
+
+def load_math_file(
+    path: str | os.PathLike,
+    *,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    solution_field: str | None = "solution",
+    answer_format: str = "auto",
+    keep_fields: Sequence[str] = (),
+    split_seed: int = 0,
+    num_eval: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    cache_dir: str | None = None,
+) -> tuple[list[Example], list[Example]]:
+  """Loads a GSM8K / MATH-style file and splits it into `(train, eval)`.
+
+  Args:
+    path: a local `.jsonl`, `.json` or `.parquet` file.
+    question_field, answer_field, solution_field, answer_format, keep_fields: see
+      `examples_from_records` (GSM8K: the defaults; MATH: `question_field="problem",
+      answer_field="solution"`).
+    split_seed: the seed of the train / eval split.
+    num_eval: number of rows held out for evaluation (0: everything is train).
+    process_index, process_count: when given (both), each split is cut to this
+      process's share with `shard_examples` (drop_remainder=True). Leave them None when
+      batches are sharded later (`batching.batch_indices` shards each global batch).
+    cache_dir: the `datasets` cache directory (default: its own default).
+
+  Returns:
+    `(train, eval)` lists of examples.
+
+  Raises:
+    FileNotFoundError (missing file), ValueError (unsupported extension, missing field,
+    row without an answer, bad `num_eval` or process arguments).
+  """
+  if (process_index is None) != (process_count is None):
+    raise ValueError(f"pass both process_index and process_count or neither, got "
+                     f"process_index={process_index}, process_count={process_count}")
+  examples = load_math_examples(
+      path, question_field=question_field, answer_field=answer_field, solution_field=solution_field,
+      answer_format=answer_format, keep_fields=keep_fields, cache_dir=cache_dir)
+  train, evaluation = split_examples(examples, num_eval=num_eval, seed=split_seed)
+  if process_count is not None:
+    train = shard_examples(train, process_index=process_index, process_count=process_count)
+    evaluation = shard_examples(evaluation, process_index=process_index, process_count=process_count)
+  return train, evaluation
+
+
+def load_tfds_examples(
+    name: str,
+    *,
+    split: str = "train",
+    data_dir: str | None = None,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    solution_field: str | None = "solution",
+    answer_format: str = "auto",
+) -> list[Example]:
+  """Examples from an already prepared `tensorflow_datasets` dataset (never downloads).
+
+  Needs the optional extra `tensorflow-datasets` (and TensorFlow). Text fields (bytes in
+  tfds) are decoded as UTF-8.
+
+  Raises:
+    ImportError saying how to install tensorflow-datasets when it is not installed.
+  """
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError("load_tfds_examples needs the optional package tensorflow-datasets (with tensorflow): "
+                      "pip install 'jaxrl_reward[tfds]' tensorflow; local jsonl / parquet files need "
+                      "only load_math_file") from e
+
+  dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
+  rows = [{k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in row.items()}
+          for row in tfds.as_numpy(dataset)]
+  fields = list(rows[0]) if rows else []
+  return examples_from_records(
+      rows, fields=fields, question_field=question_field, answer_field=answer_field,
+      solution_field=solution_field, answer_format=answer_format, source=f"tfds {name!r} split {split!r}")
+
+
+def math_sft_target(example: Example) -> str:
+  """A warm-up target: the worked solution when there is one, else `#### answer`."""
+  return example.get("solution") or f"{ANSWER_MARKER} {example['answer']}"
+
+
+def _config_value(task_config, key: str, default: Any = None) -> Any:
+  value = getattr(task_config, key, default)
+  return default if value is None else value
+
+
+def build_math_file_task(task_config, seed: int, *, tokenizer=None):
+  """A `tasks.Task` over local GSM8K / MATH-style files.
+
+  Reads from `task_config` (a ConfigDict or any object with attributes):
+    train_file: the training file.
+    eval_file: optional held-out file; without it, `num_eval` rows of `train_file` are
+      held out (split seed: `seed`).
+    num_eval: see above (default 0).
+    question_field, answer_field, answer_format: see `load_math_file` (defaults: GSM8K).
+    prompt_template: optional, `str.format`-ed with `question=`; default `"{question}"`.
+    tokenizer_dir: a local Hugging Face tokenizer directory, used when `tokenizer` is None.
+
+  Every process loads the full splits; `batching.batch_indices` shards the batches.
+
+  Args:
+    task_config: the `config.task` block.
+    seed: the experiment seed.
+    tokenizer: a Hugging Face tokenizer; when None it is loaded from
+      `task_config.tokenizer_dir` with `AutoTokenizer.from_pretrained`.
+
+  Returns:
+    `tasks.Task` whose warm-up targets are `math_sft_target` (solution or `#### answer`).
+  """
+  from jaxrl_reward.data import tasks  # imported here: tasks may register this builder
+
+  if tokenizer is None:
+    tokenizer_dir = _config_value(task_config, "tokenizer_dir")
+    if not tokenizer_dir:
+      raise ValueError("build_math_file_task needs a tokenizer or task_config.tokenizer_dir")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+  fields = dict(question_field=_config_value(task_config, "question_field", "question"),
+                answer_field=_config_value(task_config, "answer_field", "answer"),
+                answer_format=_config_value(task_config, "answer_format", "auto"))
+  eval_file = _config_value(task_config, "eval_file")
+  if eval_file:
+    train = load_math_examples(task_config.train_file, **fields)
+    held_out = load_math_examples(eval_file, **fields)
+  else:
+    train, held_out = load_math_file(task_config.train_file, split_seed=seed,
+                                     num_eval=_config_value(task_config, "num_eval", 0), **fields)
+  template = _config_value(task_config, "prompt_template", "{question}")
+  for example in train + held_out:
+    example["prompt"] = template.format(question=example["prompt"])
+
+  def sft_targets(examples: list[dict], step: int) -> list[str]:
+    del step
+    return [math_sft_target(e) for e in examples]
+
+  return tasks.Task(tokenizer, train, held_out, sft_targets)

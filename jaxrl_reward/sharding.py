@@ -1,0 +1,413 @@
+"""Device meshes, logical-axis rules and data placement (single and multi host).
+
+Model code names only logical axes (`embed`, `vocab`, `mlp`, `heads`, `kv_heads`,
+`head_dim`, `norm` on parameters; `act_batch`, `act_seq`, `act_embed`, `act_vocab`, ... on
+activations). A run's config maps them to the axes of its mesh:
+
+    config.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))     # -1: the remaining devices
+    config.sharding_rules = (("embed", "fsdp"), ("vocab", "tensor"), ...)
+
+A rule's value is a mesh axis, a tuple of mesh axes, or None (replicated). A tensor dim
+whose size does not divide by the product of its mesh axes stays replicated (and shows up
+in `unsharded_report`); a mesh axis is never used twice in one spec.
+
+Batches are laid out over the batch axes (`act_batch`'s rule, by default `("data",
+"fsdp")`); with several processes each one supplies only the rows its devices hold
+(`host_rows` says which, `to_global` assembles the global array).
+
+The mesh uses `AxisType.Auto` on every axis: shardings are given at the jit boundary
+(`in_shardings` / `out_shardings`) and as constraints inside the model, and XLA's
+partitioner propagates them.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+import threading
+from typing import Any, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# MaxText-style defaults: FSDP shards the hidden ("embed") dim of every weight, tensor
+# parallelism shards heads, the MLP and the vocabulary; the batch runs over data x fsdp.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_seq", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+# ----------------------------------------------------------------------------- mesh
+
+
+def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),), devices=None) -> Mesh:
+  """A mesh with the named axes; at most one size may be -1 (the remaining devices).
+
+  Args:
+    axes: `((name, size), ...)`, e.g. `(("data", 2), ("fsdp", -1), ("tensor", 2))`.
+    devices: the devices to use (default: all devices of all processes).
+  Raises:
+    ValueError: on a repeated or empty name, two -1 sizes, or sizes whose product is not
+      the number of devices.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  axes = tuple((str(name), int(size)) for name, size in axes)
+  names = [n for n, _ in axes]
+  if not axes or len(set(names)) != len(names) or not all(names):
+    raise ValueError(f"mesh axes must be distinct non-empty names, got mesh={axes!r}")
+  sizes = [s for _, s in axes]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh: at most one axis may have size -1, got mesh={axes!r}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh: sizes must be positive or -1, got mesh={axes!r}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"mesh={axes!r}: {len(devices)} devices do not divide by the fixed axes' {known}")
+    sizes = [len(devices) // known if s == -1 else s for s in sizes]
+  if math.prod(sizes) != len(devices):
+    raise ValueError(
+        f"mesh={axes!r} needs {math.prod(sizes)} devices but {len(devices)} are available")
+  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names),
+                       devices=devices)
+
+
+def mesh_from_config(config) -> Mesh:
+  """`make_mesh(config.mesh)`, or a pure data-parallel mesh when the config has none."""
+  axes = config.get("mesh", None) if hasattr(config, "get") else getattr(config, "mesh", None)
+  return make_mesh(tuple(axes) if axes else (("data", -1),))
+
+
+def rules_from_config(config) -> tuple[tuple[str, Any], ...]:
+  """`config.sharding_rules` over the defaults (a config rule replaces the default one)."""
+  rules = config.get("sharding_rules", None) if hasattr(config, "get") else None
+  return merge_rules(rules or ())
+
+
+def merge_rules(overrides: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+  """DEFAULT_RULES with the given `(logical, mesh_axes)` pairs replacing or adding entries."""
+  table = dict(DEFAULT_RULES)
+  for entry in overrides:
+    if len(entry) != 2:
+      raise ValueError(f"sharding_rules entries are (logical_name, mesh_axes) pairs, got {entry!r}")
+    name, target = entry
+    table[str(name)] = tuple(target) if isinstance(target, list) else target
+  return tuple(table.items())
+
+
+# ----------------------------------------------------------------------------- specs
+
+
+def _axes_of(target) -> tuple[str, ...]:
+  if target is None:
+    return ()
+  if isinstance(target, str):
+    return (target,)
+  return tuple(target)
+
+
+def logical_to_spec(names: Sequence[str | None], rules, mesh: Mesh,
+                    shape: Sequence[int] | None = None) -> PartitionSpec:
+  """PartitionSpec of a tensor whose dims have the given logical `names`.
+
+  A dim keeps only the mesh axes (of its rule) that exist in `mesh` with size > 1, that no
+  earlier dim of the tensor uses, and (when `shape` is given) whose product divides it.
+
+  Raises:
+    KeyError: a logical name that has no rule, naming it and the known names.
+  """
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for i, name in enumerate(names):
+    if name is None:
+      spec.append(None)
+      continue
+    if name not in table:
+      raise KeyError(f"logical axis {name!r} has no sharding rule; known: {sorted(table)}")
+    axes = [a for a in _axes_of(table[name]) if mesh.shape.get(a, 1) > 1 and a not in used]
+    if shape is not None:
+      while axes and shape[i] % math.prod(mesh.shape[a] for a in axes):
+        axes.pop()  # drop the innermost axis until the dim divides
+    used.update(axes)
+    spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+  return PartitionSpec(*spec)
+
+
+def _logical_names(variable) -> tuple | None:
+  meta = variable.get_metadata() if hasattr(variable, "get_metadata") else {}
+  return meta.get("out_sharding") or meta.get("sharding_names") or meta.get("sharding")
+
+
+def param_shardings(params, mesh: Mesh, rules) -> Any:
+  """A tree of NamedSharding with the structure of `params` (an nnx.State, abstract or concrete).
+
+  Each parameter is sharded by its logical axis names (nnx metadata); a parameter without
+  names is replicated. The result has the same pytree structure as `params` (each
+  `nnx.Param` holds its sharding as value), so it serves as `in_shardings` /
+  `out_shardings` and for `optax.tree_map_params`.
+  """
+  def one(variable):
+    if not isinstance(variable, nnx.Variable):
+      return NamedSharding(mesh, logical_to_spec((None,) * np.ndim(variable), rules, mesh))
+    value = variable.get_raw_value()
+    names = _logical_names(variable)
+    spec = logical_to_spec(names, rules, mesh, value.shape) if names else PartitionSpec()
+    return variable.replace(value=NamedSharding(mesh, spec))
+
+  return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def optimizer_shardings(optimizer, abstract_opt_state, params_sharding, mesh: Mesh):
+  """Shardings of an optax state: moments follow their parameter, counters are replicated."""
+  return _fill_replicated(
+      _tree_map_params(optimizer, abstract_opt_state, params_sharding, mesh), mesh)
+
+
+def _tree_map_params(optimizer, abstract_opt_state, params_sharding, mesh):
+  import optax  # local: only needed here
+  return optax.tree_map_params(
+      optimizer, lambda _, s: s, abstract_opt_state, params_sharding,
+      transform_non_params=lambda _: replicated(mesh),
+      is_leaf=lambda x: isinstance(x, (jax.ShapeDtypeStruct, NamedSharding)))
+
+
+def _fill_replicated(tree, mesh):
+  return jax.tree.map(lambda s: s if isinstance(s, NamedSharding) else replicated(mesh), tree,
+                      is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+# ----------------------------------------------------------------------------- activations
+
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh | None, rules) -> Iterator[None]:
+  """Within the block (trace time), `constrain` pins activations to `mesh` by `rules`."""
+  previous = getattr(_ACTIVE, "value", None)
+  _ACTIVE.value = None if mesh is None else (mesh, tuple(rules))
+  try:
+    yield
+  finally:
+    _ACTIVE.value = previous
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """`with_sharding_constraint` by logical names under `activate`; identity otherwise."""
+  active = getattr(_ACTIVE, "value", None)
+  if active is None:
+    return x
+  mesh, rules = active
+  if mesh.size == 1:
+    return x
+  spec = logical_to_spec(names, rules, mesh, x.shape)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
+  """Rows over the batch axes (`act_batch`'s rule), every other dim replicated."""
+  axes = [a for a in _axes_of(dict(rules).get("act_batch")) if mesh.shape.get(a, 1) > 1]
+  first = None if not axes else axes[0] if len(axes) == 1 else tuple(axes)
+  return NamedSharding(mesh, PartitionSpec(first, *([None] * (ndim - 1))))
+
+
+def batch_shards(mesh: Mesh, rules) -> int:
+  """Number of distinct row blocks of a batch: a global batch must divide by it."""
+  spec = batch_sharding(mesh, rules, 1).spec[0]
+  return math.prod(mesh.shape[a] for a in _axes_of(spec))
+
+
+def host_rows(mesh: Mesh, rules, global_rows: int) -> slice:
+  """The contiguous rows of a `[global_rows, ...]` batch that this process's devices hold.
+
+  Raises:
+    ValueError: if `global_rows` does not divide into the batch shards, or this process's
+      rows are not contiguous (a mesh whose batch axes interleave processes).
+  """
+  shards = batch_shards(mesh, rules)
+  if global_rows % shards:
+    raise ValueError(f"a batch of {global_rows} rows does not divide over {shards} batch shards "
+                     f"of mesh {dict(mesh.shape)}")
+  sharding = batch_sharding(mesh, rules, 1)
+  starts, stops = set(), set()
+  for index in sharding.addressable_devices_indices_map((global_rows,)).values():
+    rows = index[0]
+    starts.add(rows.start or 0)
+    stops.add(global_rows if rows.stop is None else rows.stop)
+  lo, hi = min(starts), max(stops)
+  blocks = global_rows // shards
+  if (hi - lo) != blocks * len({s for s in starts}):
+    raise ValueError(f"the rows of process {jax.process_index()} are not contiguous on mesh "
+                     f"{dict(mesh.shape)}; put the batch axes first in config.mesh")
+  return slice(lo, hi)
+
+
+def to_global(local, mesh: Mesh, rules, global_rows: int):
+  """This process's rows (a pytree of numpy arrays) -> global `jax.Array`s over the batch axes."""
+  def one(x):
+    x = np.asarray(x)
+    sharding = batch_sharding(mesh, rules, x.ndim)
+    return jax.make_array_from_process_local_data(sharding, x, (global_rows,) + x.shape[1:])
+  return jax.tree.map(one, local)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, as one numpy array (in order)."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  pieces = {}
+  for shard in x.addressable_shards:
+    start = shard.index[0].start or 0
+    if start not in pieces:
+      pieces[start] = np.asarray(shard.data)
+  return np.concatenate([pieces[k] for k in sorted(pieces)], axis=0)
+
+
+def gather_rows(local: np.ndarray) -> np.ndarray:
+  """Concatenates every process's rows (in process order): the whole batch on every host."""
+  if jax.process_count() == 1:
+    return np.asarray(local)
+  return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def per_device_bytes(tree, device=None) -> int:
+  """Bytes of `tree`'s arrays held on `device` (default: the first local device)."""
+  device = jax.local_devices()[0] if device is None else device
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    for shard in getattr(leaf, "addressable_shards", ()):
+      if shard.device == device:
+        total += shard.data.size * shard.data.dtype.itemsize
+  return total
+
+
+def unsharded_report(tree, *, min_size: int = 1 << 16) -> list[tuple[str, tuple[int, ...]]]:
+  """`(path, shape)` of every array with at least `min_size` elements that is fully replicated."""
+  out = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if isinstance(leaf, jax.Array) and leaf.size >= min_size and leaf.sharding.is_fully_replicated \
+        and len(leaf.sharding.device_set) > 1:
+      out.append((jax.tree_util.keystr(path), tuple(leaf.shape)))
+  return out
+
+
+# ----------------------------------------------------------------------------- multi-host
+
+
+def maybe_initialize_distributed() -> bool:
+  """Calls `jax.distributed.initialize()` when the environment describes several processes.
+
+  Recognised: `JAX_COORDINATOR_ADDRESS` with `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`
+  (explicit, e.g. two local CPU processes), or a cluster JAX detects by itself (TPU pod
+  slices, SLURM, Open MPI) when `JAX_DISTRIBUTED=auto`. Returns whether it initialised.
+  """
+  if _distributed_initialized():
+    return False
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if address:
+    jax.distributed.initialize(
+        coordinator_address=address,
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
+    return True
+  if os.environ.get("JAX_DISTRIBUTED", "").lower() == "auto":
+    jax.distributed.initialize()
+    return True
+  return False
+
+
+def _distributed_initialized() -> bool:
+  try:
+    from jax._src import distributed  # the public API has no query
+    return distributed.global_state.client is not None
+  except (ImportError, AttributeError):
+    return False
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where a run's arrays live: the mesh, the rules and the shardings of its state.
+
+  `params` (and `opt_state`, once `with_optimizer` set it) are trees of NamedSharding
+  with the structure of the params / optimizer state; `rows` is the sharding of every
+  batch leaf (rows over the batch axes; a prefix for arrays of any rank).
+  """
+  mesh: Mesh
+  rules: tuple
+  params: Any
+  opt_state: Any = None
+
+  @property
+  def rows(self) -> NamedSharding:
+    return batch_sharding(self.mesh, self.rules, 1)
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return replicated(self.mesh)
+
+  @property
+  def batch_shards(self) -> int:
+    return batch_shards(self.mesh, self.rules)
+
+  def with_optimizer(self, optimizer, params_like) -> "Placement":
+    """The same placement with `opt_state` set to `optimizer`'s state shardings."""
+    abstract = jax.eval_shape(optimizer.init, params_like)
+    return dataclasses.replace(
+        self, opt_state=optimizer_shardings(optimizer, abstract, self.params, self.mesh))
+
+  def constrain_rows(self, x: jax.Array, axis: int = 0) -> jax.Array:
+    """Pins dim `axis` of `x` to the batch axes (the others replicated)."""
+    if self.mesh.size == 1:
+      return x
+    spec = [None] * x.ndim
+    spec[axis] = self.rows.spec[0]
+    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
+
+  def jit(self, fn, **jit_kwargs):
+    """`jax.jit(fn, **jit_kwargs)`, tracing `fn` with the model's constraints active."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+      with activate(self.mesh, self.rules):
+        return fn(*args, **kwargs)
+    return jax.jit(traced, **jit_kwargs)
+
+
+def placement_for(abstract_params, mesh: Mesh, rules) -> Placement:
+  return Placement(mesh=mesh, rules=tuple(rules), params=param_shardings(abstract_params, mesh, rules))
