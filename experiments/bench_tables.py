@@ -11,6 +11,8 @@ groups the records by their "case":
 - `grpo_step` (experiments/bench.py), `trl_grpo_step` and `tunix_grpo_step`
   (experiments/bench_trl.py): one row per run, then the ratio of our median whole-step
   tokens/s to each other library's median at the same shape;
+- experiments/bench_sampler.py lines (no "case"; `impl` jax or torch): one row per
+  (implementation, batch size) with our tokens/s over each torch row's;
 - any other case: a table of all its fields.
 
 The tables are meant to be pasted into a results document by hand; `--out` refuses to
@@ -38,7 +40,11 @@ def read_records(paths):
           record = json.loads(line)
         except json.JSONDecodeError:
           continue
-        if isinstance(record, dict) and "case" in record:
+        if not isinstance(record, dict):
+          continue
+        if "case" not in record and "impl" in record and "tokens_per_s" in record:
+          record["case"] = "sampler"  # experiments/bench_sampler.py lines have no "case"
+        if "case" in record:
           records.append(record)
   return records
 
@@ -63,29 +69,47 @@ def table(header, rows):
   return "\n".join(lines)
 
 
+def _logprobs_pairs(grads):
+  """(lean, naive) pairs in file order: a naive record closes the last lean one of its shape."""
+  pending, pairs = collections.OrderedDict(), []
+  for r in grads:
+    key = (r["dtype"], r["V"], r["T"], r["B"])
+    if r["impl"] == "lean":
+      if key in pending:
+        pairs.append((pending.pop(key), {}))
+      pending[key] = r
+    elif key in pending:
+      pairs.append((pending.pop(key), r))
+    else:
+      pairs.append(({}, r))
+  pairs += [(lean, {}) for lean in pending.values()]
+  return pairs
+
+
 def logprobs_table(records):
   grads = [r for r in records if r["case"] == "logprobs_grad"]
   if not grads:
     return None
-  cells = collections.OrderedDict()
-  for r in grads:  # the last record of a (shape, impl) wins
-    key = (r["dtype"], r["V"], r["T"], r["B"])
-    cells.setdefault(key, {})[r["impl"]] = r
   rows = []
-  for (dtype, v, t, b), impls in cells.items():
-    lean, naive = impls.get("lean", {}), impls.get("naive", {})
+  for lean, naive in _logprobs_pairs(grads):
+    any_ = lean or naive
     peak_ratio = (lean["peak_GiB"] / naive["peak_GiB"]
                   if lean.get("peak_GiB") and naive.get("peak_GiB") else None)
     time_ratio = (lean["time_s"] / naive["time_s"]
                   if lean.get("time_s") and naive.get("time_s") else None)
+    cpu_ratio = (lean["cpu_s"] / naive["cpu_s"]
+                 if lean.get("cpu_s") and naive.get("cpu_s") else None)
     notes = "; ".join(f"{name}: not run ({r['not_run']})" for name, r in (("lean", lean), ("naive", naive))
                       if r.get("not_run") and "would need" in r["not_run"])
-    rows.append((dtype, v, t, b, naive.get("full_logits_f32_GiB"), lean.get("peak_GiB"),
-                 naive.get("peak_GiB"), None if peak_ratio is None else round(peak_ratio, 3),
+    rows.append((any_["dtype"], any_["V"], any_["T"], any_["B"], lean.get("chunk_size"),
+                 any_.get("full_logits_f32_GiB"), lean.get("peak_GiB"), naive.get("peak_GiB"),
+                 None if peak_ratio is None else round(peak_ratio, 3),
                  lean.get("time_s"), naive.get("time_s"),
-                 None if time_ratio is None else round(time_ratio, 2), notes or ""))
-  header = ("dtype", "V", "T", "B", "[B,T,V] f32 GiB", "lean peak GiB", "naive peak GiB",
-            "peak lean/naive", "lean s", "naive s", "time lean/naive", "notes")
+                 None if time_ratio is None else round(time_ratio, 2),
+                 None if cpu_ratio is None else round(cpu_ratio, 2), notes or ""))
+  header = ("dtype", "V", "T", "B", "lean chunk", "[B,T,V] f32 GiB", "lean peak GiB",
+            "naive peak GiB", "peak lean/naive", "lean s", "naive s", "time lean/naive",
+            "CPU time lean/naive", "notes")
   return "### Log-probs + GRPO loss + gradients (lean vs naive)\n\n" + table(header, rows)
 
 
@@ -93,8 +117,26 @@ STEP_CASES = {"grpo_step": "jaxrl_reward", "trl_grpo_step": "TRL GRPOTrainer",
               "tunix_grpo_step": "Tunix GRPOLearner"}
 
 
+def _label(r):
+  """The implementation's name, with the settings that change what a TRL step does."""
+  name = STEP_CASES[r["case"]]
+  extras = []
+  if r.get("gradient_checkpointing"):
+    extras.append("activation checkpointing")
+  if r["case"] == "trl_grpo_step" and r.get("torch_threads"):
+    extras.append(f"torch threads: {r['torch_threads']}")
+  return f"{name} ({', '.join(extras)})" if extras else name
+
+
 def _shape(r):
   return (r.get("batch"), r.get("prompt_length"), r.get("completion_length"), r.get("dtype"))
+
+
+def _load(r):
+  load = r.get("load_avg_1m")
+  if isinstance(load, list):
+    return " -> ".join(_fmt(float(x)) for x in load)
+  return load
 
 
 def step_table(records):
@@ -103,27 +145,28 @@ def step_table(records):
     return None
   rows = []
   for r in steps:
-    name = STEP_CASES[r["case"]]
+    name = _label(r)
     version = r.get("library") or (f"jax {r['jax']}" if r.get("jax") else "")
     rows.append((name, version, r.get("dtype"),
                  f"{r.get('batch')} x ({r.get('prompt_length')} + {r.get('completion_length')})",
                  r.get("step_tokens_per_s"), r.get("step_s"), r.get("sample_tokens_per_s"),
-                 r.get("generate_s")))
+                 r.get("generate_s"), _load(r)))
   header = ("implementation", "version", "dtype", "batch x (prompt + completion)",
-            "whole step tok/s", "step s", "sample tok/s", "TRL generate s")
+            "whole step tok/s", "step s", "sample tok/s", "TRL generate s", "load avg")
   out = "### Whole GRPO step, completion tokens/s\n\n" + table(header, rows)
   by_shape = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in steps:
     if r.get("step_tokens_per_s"):
-      by_shape[_shape(r)][r["case"]].append(r["step_tokens_per_s"])
+      by_shape[_shape(r)][_label(r)].append(r["step_tokens_per_s"])
+  ours_label = STEP_CASES["grpo_step"]
   ratio_rows = []
   for shape, cases in by_shape.items():
-    if "grpo_step" not in cases:
+    if ours_label not in cases:
       continue
-    ours = statistics.median(cases["grpo_step"])
-    for case, values in cases.items():
-      if case != "grpo_step":
-        ratio_rows.append((f"{shape[0]} x ({shape[1]} + {shape[2]}), {shape[3]}", STEP_CASES[case],
+    ours = statistics.median(cases[ours_label])
+    for label, values in cases.items():
+      if label != ours_label:
+        ratio_rows.append((f"{shape[0]} x ({shape[1]} + {shape[2]}), {shape[3]}", label,
                            round(ours, 1), round(statistics.median(values), 1),
                            round(ours / statistics.median(values), 2)))
   if ratio_rows:
@@ -132,8 +175,27 @@ def step_table(records):
   return out
 
 
+def sampler_table(records):
+  rows_in = [r for r in records if r["case"] == "sampler"]
+  if not rows_in:
+    return None
+  ours = {}
+  for r in rows_in:
+    if r["impl"] == "jax":
+      ours[(r.get("model_dir"), r["batch"], r.get("new_tokens"))] = r["tokens_per_s"]
+  rows = []
+  for r in rows_in:
+    mine = ours.get((r.get("model_dir"), r["batch"], r.get("new_tokens")))
+    ratio = round(mine / r["tokens_per_s"], 2) if r["impl"] != "jax" and mine else None
+    rows.append((r.get("model_dir"), r["impl"], r.get("threads"), r["batch"], r.get("prompt_len"),
+                 r.get("new_tokens"), r["tokens_per_s"], r.get("time_s"), r.get("greedy_match"), ratio))
+  header = ("model", "impl", "torch threads", "batch", "prompt len", "new tokens", "tok/s", "s",
+            "greedy match", "ours / this")
+  return "### Sampler alone (greedy, KV cache) vs transformers.generate\n\n" + table(header, rows)
+
+
 def generic_tables(records):
-  known = {"logprobs_grad", "logprobs_ratio", *STEP_CASES}
+  known = {"logprobs_grad", "logprobs_ratio", "sampler", *STEP_CASES}
   by_case = collections.OrderedDict()
   for r in records:
     if r["case"] not in known:
@@ -148,7 +210,7 @@ def generic_tables(records):
 
 
 def render(records) -> str:
-  parts = [p for p in (logprobs_table(records), step_table(records)) if p]
+  parts = [p for p in (logprobs_table(records), step_table(records), sampler_table(records)) if p]
   parts += generic_tables(records)
   return "\n\n".join(parts) + "\n"
 

@@ -12,6 +12,12 @@ and, for the comparison, right before or after it in the project's environment:
     python -m experiments.bench --model=tiny --prompts=4 --group_size=8 \
         --completion_length=64 --prompt_length=32 --vocab_size=1024
 
+The same random Qwen2 and tokenizer as a Hugging Face folder, for tools that take one (the
+sampler alone vs `transformers.generate`):
+
+    python experiments/bench_trl.py --save_model_dir=/tmp/random_qwen2   # any env with torch
+    python -m experiments.bench_sampler --model_dir=/tmp/random_qwen2 --max_new_tokens=64
+
 The shape is that of `--model=tiny --vocab_size=1024` in experiments/bench.py: a randomly
 initialised Qwen2 built from a config (no hub access) with hidden 256, 4 layers, 4 query /
 2 KV heads, head_dim 64, intermediate 1024, vocabulary 1024, untied embeddings; 4 prompts of
@@ -23,13 +29,19 @@ stand-in (the fraction of odd completion token ids), as in experiments/bench.py.
 
 The step time is the wall time of one whole GRPO step (generation + reward + advantages +
 loss + backward + optimizer), measured over `--steps` steps after `--warmup` steps; one JSON
-line reports completion tokens/s = 32 x 64 / median step time. Differences that remain: our
-model has no q/k/v biases (Qwen2 has them: 0.4% more parameters here) and TRL's
-generation uses `transformers.generate` with a dynamic KV cache and SDPA attention.
+line reports completion tokens/s = 32 x 64 / median step time, and `generate_s`, the time of
+`transformers.generate` inside the step. TRL's GRPOConfig turns activation checkpointing on
+by default; our step does not recompute activations, so it is off here
+(`--gradient_checkpointing` turns it on). Differences that remain: our model has no q/k/v
+biases (Qwen2 has them: 2,048 more parameters here) and TRL's generation uses
+`transformers.generate` (dynamic KV cache, SDPA attention).
 
-Tunix (`--library=tunix`) uses its own Qwen2 (`tunix.models.qwen2`) with the same sizes, the
-"vanilla" rollout engine, and times the step the same way (wall time per `train_step`
-of its learner's training loop, see `_bench_tunix`).
+Tunix (`--library=tunix`) uses its own Qwen2 (`tunix.models.qwen2`, no q/k/v biases) with the
+same sizes, the "vanilla" rollout engine on one CPU device, AdamW, beta 0 and its default
+loss aggregation; a step is the time from the end of one actor update to the end of the next
+(generation, reward, advantages, update). EOS never stops a row (its EOS id is one the model
+cannot sample), but tunix masks sampled pad tokens (id 0), so a few completions report 63
+tokens; all 64 decode steps still run.
 """
 from __future__ import annotations
 
@@ -59,6 +71,69 @@ def make_tokenizer():
                                  padding_side="left", truncation_side="left")
 
 
+def make_torch_model(seed=0):
+  """The random Qwen2 of the benchmark shape (float32), from a config."""
+  import torch
+  from transformers import Qwen2Config, Qwen2ForCausalLM
+
+  torch.manual_seed(seed)
+  config = Qwen2Config(
+      vocab_size=VOCAB, hidden_size=SHAPE["hidden_size"],
+      intermediate_size=SHAPE["intermediate_size"], num_hidden_layers=SHAPE["num_layers"],
+      num_attention_heads=SHAPE["num_heads"], num_key_value_heads=SHAPE["num_kv_heads"],
+      head_dim=SHAPE["head_dim"], max_position_embeddings=2048, rope_theta=10000.0,
+      rms_norm_eps=1e-6, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+      bos_token_id=None, use_sliding_window=False)
+  return Qwen2ForCausalLM(config).float()
+
+
+# A minimal ChatML-style template, so that code which renders chat prompts can use the folder.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+
+
+def make_bpe_tokenizer():
+  """A byte-level BPE tokenizer of 1,024 tokens ("<pad>" 0, "<eos>" 1) trained on a small corpus.
+
+  `transformers` loads a folder whose config says Qwen2 with its Qwen2 (byte-level BPE)
+  tokenizer class whatever tokenizer.json holds, so the saved folder needs a byte-level BPE
+  model: any text then tokenises to ids below 1,024.
+  """
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from transformers import PreTrainedTokenizerFast
+
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  corpus = make_prompts(200, 32) + [
+      "You are a calculator. Reply with only the result between <answer> and </answer> tags. "
+      "Calculate 41 - 79. <answer>-38</answer> system user assistant"] * 20
+  trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<eos>"],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tok.train_from_iterator(corpus, trainer)
+  return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                 unk_token="<pad>", padding_side="left")
+
+
+def save_model_dir(path):
+  """Saves the random Qwen2 and a byte-level BPE tokenizer as a Hugging Face folder.
+
+  For tools that take any HF folder (experiments/bench_sampler.py --model_dir=PATH).
+  """
+  model = make_torch_model()
+  model.generation_config.pad_token_id = 0
+  model.generation_config.eos_token_id = 1
+  model.save_pretrained(path)
+  tokenizer = make_bpe_tokenizer()
+  tokenizer.chat_template = CHAT_TEMPLATE
+  tokenizer.save_pretrained(path)
+  return {"case": "save_model_dir", "path": os.fspath(path),
+          "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+          "tokenizer_size": len(tokenizer)}
+
+
 def make_prompts(n, length, seed=0):
   import random
   rng = random.Random(seed)
@@ -74,17 +149,11 @@ def _bench_trl(args) -> dict:
   import transformers
   import trl
   from datasets import Dataset
-  from transformers import Qwen2Config, Qwen2ForCausalLM, TrainerCallback
+  from transformers import TrainerCallback
 
-  torch.manual_seed(0)
-  config = Qwen2Config(
-      vocab_size=VOCAB, hidden_size=SHAPE["hidden_size"],
-      intermediate_size=SHAPE["intermediate_size"], num_hidden_layers=SHAPE["num_layers"],
-      num_attention_heads=SHAPE["num_heads"], num_key_value_heads=SHAPE["num_kv_heads"],
-      head_dim=SHAPE["head_dim"], max_position_embeddings=2048, rope_theta=10000.0,
-      rms_norm_eps=1e-6, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
-      bos_token_id=None, use_sliding_window=False)
-  model = Qwen2ForCausalLM(config).float()
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  model = make_torch_model()
   n_params = sum(p.numel() for p in model.parameters())
   tokenizer = make_tokenizer()
   steps = args.warmup + args.steps
@@ -170,7 +239,6 @@ def _bench_tunix(args) -> dict:
 
   import grain.python as grain
   import jax
-  import jax.numpy as jnp
   import numpy as np
   import optax
   from flax import nnx
@@ -265,10 +333,20 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=5, help="timed steps")
   parser.add_argument("--gradient_checkpointing", action="store_true",
                       help="TRL only: recompute activations in the backward (TRL's default)")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="TRL only: torch intra-op threads (0: torch's default, one per core)")
   parser.add_argument("--output_dir", default="/tmp/bench_trl_out")
   parser.add_argument("--out", default="", help="also append the JSON line to this file")
+  parser.add_argument("--save_model_dir", default="",
+                      help="only save the random Qwen2 + tokenizer as an HF folder here")
   args = parser.parse_args(argv)
+  if args.save_model_dir:
+    print(json.dumps(save_model_dir(args.save_model_dir)))
+    return 0
+  load_before = os.getloadavg()[0]
   result = _bench_trl(args) if args.library == "trl" else _bench_tunix(args)
+  # 1-minute load averages before and after: timings taken on a shared machine.
+  result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
   line = json.dumps(result)
   print(line, flush=True)
   if args.out:

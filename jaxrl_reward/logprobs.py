@@ -97,7 +97,9 @@ def token_logprobs(hidden: Array, unembedding: Array, targets: Array, *, tempera
   c = min(int(chunk_size), t)
   n_chunks = -(-t // c)
   pad = n_chunks * c - t
-  w = unembedding.astype(hidden.dtype)
+  # The scan sums the per-chunk weight gradients in w's dtype: keep that float32, and cast
+  # to hidden's dtype per chunk for the matmul (a bf16 sum loses ~2x accuracy over chunks).
+  w = unembedding.astype(jnp.float32)
   h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
   y = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad)))
   h = h.reshape(b, n_chunks, c, d).swapaxes(0, 1)  # [n, B, c, D]
@@ -109,7 +111,7 @@ def token_logprobs(hidden: Array, unembedding: Array, targets: Array, *, tempera
   @jax.checkpoint
   def chunk(w, h_c, y_c):
     # A 2-D matmul: XLA:CPU runs the backward of the batched einsum about 2x slower.
-    logits = jnp.dot(h_c.reshape(-1, d), w, preferred_element_type=jnp.float32)
+    logits = jnp.dot(h_c.reshape(-1, d), w.astype(h_c.dtype), preferred_element_type=jnp.float32)
     logits = logits.reshape(h_c.shape[0], c, -1)  # [B, c, V]
     logits = sharding.constrain(logits, ("act_batch", None, "act_vocab"))
     logits = logits / temperature
