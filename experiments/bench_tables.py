@@ -15,8 +15,11 @@ groups the records by their "case":
   (implementation, batch size) with our tokens/s over each torch row's;
 - any other case: a table of all its fields.
 
-The tables are meant to be pasted into a results document by hand; `--out` refuses to
-overwrite BENCHMARKS.md.
+`--update=BENCHMARKS.md` replaces the block between the lines `<!-- bench_tables:begin -->`
+and `<!-- bench_tables:end -->` of that file with the tables (the curated text around it
+stays); `--out` writes them to a file of their own.
+
+    python -m experiments.bench_tables experiments/results/*.jsonl --update=BENCHMARKS.md
 """
 from __future__ import annotations
 
@@ -215,18 +218,37 @@ def render(records) -> str:
   return "\n\n".join(parts) + "\n"
 
 
+BEGIN = "<!-- bench_tables:begin -->"
+END = "<!-- bench_tables:end -->"
+
+
+def update_document(path: str, text: str) -> None:
+  """Replaces the text between the BEGIN and END marker lines of `path` with `text`."""
+  with open(path) as f:
+    doc = f.read()
+  if doc.count(BEGIN) != 1 or doc.count(END) != 1 or doc.index(BEGIN) > doc.index(END):
+    raise ValueError(f"--update={path!r}: the file needs one {BEGIN!r} line followed by one {END!r} line")
+  head, rest = doc.split(BEGIN, 1)
+  _, tail = rest.split(END, 1)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(f"{head}{BEGIN}\n\n{text}\n{END}{tail}")
+  os.replace(tmp, path)  # atomic: a failed write leaves the document as it was
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("inputs", nargs="+", help="JSONL files of benchmark results")
   parser.add_argument("--out", default="", help="also write the Markdown to this file")
+  parser.add_argument("--update", default="", help="rewrite the marked block of this document")
   args = parser.parse_args(argv)
   text = render(read_records(args.inputs))
   print(text, end="")
   if args.out:
-    if os.path.basename(args.out) == "BENCHMARKS.md":
-      parser.error("--out: write to another file and copy the rows into BENCHMARKS.md by hand")
     with open(args.out, "w") as f:
       f.write(text)
+  if args.update:
+    update_document(args.update, text)
   return 0
 
 

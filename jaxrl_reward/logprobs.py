@@ -97,9 +97,10 @@ def token_logprobs(hidden: Array, unembedding: Array, targets: Array, *, tempera
   c = min(int(chunk_size), t)
   n_chunks = -(-t // c)
   pad = n_chunks * c - t
-  # The scan sums the per-chunk weight gradients in w's dtype: keep that float32, and cast
-  # to hidden's dtype per chunk for the matmul (a bf16 sum loses ~2x accuracy over chunks).
-  w = unembedding.astype(jnp.float32)
+  # The scan sums the per-chunk weight gradients in w's dtype, so w keeps the parameters'
+  # dtype (float32 params, bfloat16 compute: a float32 sum, no copy) and is cast to
+  # hidden's dtype per chunk; casting it before the scan would sum in bfloat16.
+  w = unembedding
   h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
   y = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad)))
   h = h.reshape(b, n_chunks, c, d).swapaxes(0, 1)  # [n, B, c, D]

@@ -100,15 +100,16 @@ class TokenLogprobsTest(parameterized.TestCase):
       lp.token_logprobs(hidden, w.T, targets)
 
 
-def test_bf16_unembedding_gradient_is_summed_in_float32():
-  """64 chunks of bf16 weight gradients: a bf16 running sum drifts (~1e-2), a float32 one
-  only has the final rounding to bf16 (~2e-3)."""
+def test_float32_unembedding_gradient_is_summed_in_float32_under_bf16_compute():
+  """float32 parameters, bfloat16 hidden states (the trainer's bf16 setting): the 64 chunks'
+  weight gradients must be summed in float32; a bfloat16 running sum drifts."""
   rng = np.random.default_rng(0)
   b, t, d, v = 2, 1024, 64, 256
   hidden = jnp.asarray(rng.normal(size=(b, t, d)), jnp.bfloat16)
-  w = jnp.asarray(rng.normal(size=(d, v)) * 0.3, jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=(d, v)) * 0.3, jnp.float32)
   targets = rng.integers(0, v, (b, t))
-  h64, w64 = np.asarray(hidden, np.float64), np.asarray(w, np.float64)
+  h64 = np.asarray(hidden, np.float64)
+  w64 = np.asarray(w.astype(jnp.bfloat16), np.float64)  # the matmul sees bf16 weights
   logits = h64 @ w64
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
@@ -116,6 +117,7 @@ def test_bf16_unembedding_gradient_is_summed_in_float32():
   expected = np.einsum("btd,btv->dv", h64, onehot - probs)  # d/dW sum log p(target)
   grad = jax.jit(jax.grad(lambda w: jnp.sum(lp.token_logprobs(hidden, w, jnp.asarray(targets),
                                                                 chunk_size=16))))(w)
+  assert grad.dtype == jnp.float32
   rel = np.linalg.norm(np.asarray(grad, np.float64) - expected) / np.linalg.norm(expected)
   assert rel < 4e-3, rel
 
