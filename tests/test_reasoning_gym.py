@@ -124,7 +124,7 @@ def test_entry_alone_and_missing_entries(reward):
 
 
 def test_registered_reward_through_compute_rewards(reward, monkeypatch):
-  monkeypatch.setattr(reasoning_gym_reward, "_default_reward", reward)  # reuse the module's worker
+  monkeypatch.setattr(reasoning_gym_reward, "default_reward", lambda: reward)  # reuse the fixture's worker
   assert get_reward("reasoning_gym") is reasoning_gym_reward.reasoning_gym_score
   examples = source.make_examples("chain_sum", size=2, seed=5)
   completions = [f"<answer>{examples[0]['answer']}</answer>", "<answer>999999</answer>"]

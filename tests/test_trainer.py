@@ -150,3 +150,25 @@ def test_registered_objective_trains_without_engine_changes(tmp_path):
   assert any(not np.allclose(a, b) for a, b in zip(before, _params_np(state)))
   assert not registry.requires_reference("test_vanilla_pg", {})
   assert registry.requires_reference("grpo", {"beta": 0.04})
+
+
+def test_hf_checkpoint_is_the_starting_policy(tmp_path):
+  """`model.hf_path` replaces the random init by the folder's weights, on any step count."""
+  from flax import nnx
+  from models import hf
+  from models import transformer
+
+  c = micro_config(**{"warmup.steps": 1, "train.steps": 0})
+  vocab = trainer_lib.build(c, sharding.make_mesh((("data", 1),), devices=jax.devices()[:1])).task.tokenizer
+  cfg = transformer.get_config("micro", vocab_size=-(-len(vocab) // 8) * 8)
+  source = transformer.Transformer(cfg, rngs=nnx.Rngs(123))  # not the config's seed
+  hf.save(source, tmp_path / "hf")
+  c.model.hf_path = str(tmp_path / "hf")
+  t = _trainer(c, tmp_path / "run")
+  expected = [np.asarray(x) for x in jax.tree.leaves(nnx.state(source, nnx.Param))]
+  state = t._initial_state(0)
+  for a, b in zip(expected, _params_np(state)):
+    np.testing.assert_array_equal(a, b)
+  t.warmup_step(state, 0)  # donates the state's buffers ...
+  for a, b in zip(expected, _params_np(t._initial_state(0))):  # ... the loaded weights survive
+    np.testing.assert_array_equal(a, b)

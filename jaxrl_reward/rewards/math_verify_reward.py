@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import fractions
+import functools
 import re
 from typing import Any, Sequence
 
@@ -235,15 +236,10 @@ class MathVerifyReward:
       self._worker.close()
 
 
-_default_reward: MathVerifyReward | None = None
-
-
+@functools.cache
 def default_reward() -> MathVerifyReward:
   """The shared `MathVerifyReward()` behind the registered "math_verify" reward."""
-  global _default_reward
-  if _default_reward is None:
-    _default_reward = MathVerifyReward()
-  return _default_reward
+  return MathVerifyReward()
 
 
 @register_reward("math_verify")

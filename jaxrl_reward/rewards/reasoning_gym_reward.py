@@ -215,15 +215,10 @@ class ReasoningGymReward:
       self._worker.close()
 
 
-_default_reward: ReasoningGymReward | None = None
-
-
+@functools.cache
 def default_reward() -> ReasoningGymReward:
   """The shared `ReasoningGymReward()` behind the registered "reasoning_gym" reward."""
-  global _default_reward
-  if _default_reward is None:
-    _default_reward = ReasoningGymReward()
-  return _default_reward
+  return ReasoningGymReward()
 
 
 @register_reward("reasoning_gym")
