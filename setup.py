@@ -37,10 +37,11 @@ setup(
     extras_require={
         "tfds": ["tensorflow-datasets"],
         # GGUF conversion (models/convert_gguf.py) and parity checks against PyTorch models.
-        "hf": ["torch==2.13.0", "gguf>=0.10"],
+        "hf": ["torch==2.13.0", "gguf>=0.10", "accelerate"],
         "test": [
             "torch==2.13.0",
             "gguf>=0.10",
+            "accelerate",
             "pytest>=8",
             "pytest-timeout",
             "hypothesis",
