@@ -27,11 +27,11 @@ import functools
 import math
 import os
 import threading
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -96,14 +96,13 @@ def make_mesh(axes: Sequence[tuple[str, int]] = (("data", -1),), devices=None) -
 
 def mesh_from_config(config) -> Mesh:
   """`make_mesh(config.mesh)`, or a pure data-parallel mesh when the config has none."""
-  axes = config.get("mesh", None) if hasattr(config, "get") else getattr(config, "mesh", None)
+  axes = config.get("mesh", None)
   return make_mesh(tuple(axes) if axes else (("data", -1),))
 
 
 def rules_from_config(config) -> tuple[tuple[str, Any], ...]:
   """`config.sharding_rules` over the defaults (a config rule replaces the default one)."""
-  rules = config.get("sharding_rules", None) if hasattr(config, "get") else None
-  return merge_rules(rules or ())
+  return merge_rules(config.get("sharding_rules", None) or ())
 
 
 def merge_rules(overrides: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
@@ -186,21 +185,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def optimizer_shardings(optimizer, abstract_opt_state, params_sharding, mesh: Mesh):
   """Shardings of an optax state: moments follow their parameter, counters are replicated."""
-  return _fill_replicated(
-      _tree_map_params(optimizer, abstract_opt_state, params_sharding, mesh), mesh)
-
-
-def _tree_map_params(optimizer, abstract_opt_state, params_sharding, mesh):
-  import optax  # local: only needed here
   return optax.tree_map_params(
       optimizer, lambda _, s: s, abstract_opt_state, params_sharding,
       transform_non_params=lambda _: replicated(mesh),
       is_leaf=lambda x: isinstance(x, (jax.ShapeDtypeStruct, NamedSharding)))
-
-
-def _fill_replicated(tree, mesh):
-  return jax.tree.map(lambda s: s if isinstance(s, NamedSharding) else replicated(mesh), tree,
-                      is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
 # ----------------------------------------------------------------------------- activations
@@ -259,14 +247,11 @@ def host_rows(mesh: Mesh, rules, global_rows: int) -> slice:
     raise ValueError(f"a batch of {global_rows} rows does not divide over {shards} batch shards "
                      f"of mesh {dict(mesh.shape)}")
   sharding = batch_sharding(mesh, rules, 1)
-  starts, stops = set(), set()
-  for index in sharding.addressable_devices_indices_map((global_rows,)).values():
-    rows = index[0]
-    starts.add(rows.start or 0)
-    stops.add(global_rows if rows.stop is None else rows.stop)
-  lo, hi = min(starts), max(stops)
-  blocks = global_rows // shards
-  if (hi - lo) != blocks * len({s for s in starts}):
+  starts = {index[0].start or 0
+            for index in sharding.addressable_devices_indices_map((global_rows,)).values()}
+  block = global_rows // shards
+  lo, hi = min(starts), max(starts) + block
+  if hi - lo != block * len(starts):  # a gap: another process holds rows in between
     raise ValueError(f"the rows of process {jax.process_index()} are not contiguous on mesh "
                      f"{dict(mesh.shape)}; put the batch axes first in config.mesh")
   return slice(lo, hi)

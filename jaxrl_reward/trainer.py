@@ -87,7 +87,7 @@ def build(config, mesh=None) -> Components:
   rules = sharding.rules_from_config(config)
   hf_path = config.model.get("hf_path", "")
   if hf_path:  # pretrained weights, read straight into their shardings
-    from models import hf  # noqa: PLC0415  (only runs that load a checkpoint need it)
+    from models import hf  # only runs that load a checkpoint need it
     loaded = hf.load(hf_path, dtype=config.model.dtype, mesh=mesh, rules=rules)
     if loaded.config.vocab_size < len(task.tokenizer):
       raise ValueError(f"model.hf_path={hf_path!r} has a vocabulary of {loaded.config.vocab_size} "
@@ -298,7 +298,7 @@ class Trainer:
       adv = advantages_lib.rloo(rewards, group_size=group, valid=valid)
     batch = {
         "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": out.tokens,
-        "mask": self._to_global(mask.astype(np.float32), size), "old_logp": out.logprobs,
+        "mask": out.mask.astype(jnp.float32), "old_logp": out.logprobs,
         **self._to_global({"advantages": np.asarray(adv, np.float32)[rows],
                            "rewards": np.asarray(rewards, np.float32)[rows]}, size),
     }

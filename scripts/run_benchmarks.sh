@@ -7,8 +7,7 @@
 # Cases: the whole GRPO step (tiny on 1 device and on 8 fake devices under three meshes;
 # the 48M-parameter `small`), lean vs naive log-probs, TRL's and Tunix's GRPO step on the
 # same shape (when scripts/make_bench_env.sh built .bench_env / .bench_env_tunix), and the
-# sampler vs transformers.generate on a random Qwen2 of the benchmark shape. On an idle
-# 2-core CPU it takes about 40 minutes.
+# sampler vs transformers.generate on a random Qwen2 of the benchmark shape.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: run_benchmarks.sh OUT.jsonl}"
