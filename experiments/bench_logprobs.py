@@ -12,8 +12,8 @@ Each case starts from final hidden states [B, T, D] and an unembedding [D, V] an
 
 with right-padded rows (a random length per row) and per-row advantages.
 
-- `lean`: `jaxrl_reward.logprobs.token_logprobs` (chunks of `--chunk_size` positions in a
-  `lax.scan`, each chunk under `jax.checkpoint`).
+- `lean`: `jaxrl_reward.logprobs.token_logprobs` (vocabulary chunks of `--chunk_size`
+  columns, 0 = chosen from B x T; an online logsumexp forward and a custom VJP).
 - `naive`: logits = hidden @ unembedding as one [B, T, V] float32 array, then
   `naive_token_logprobs`.
 
@@ -28,8 +28,10 @@ which needs no run, so it covers cases far larger than this machine's RAM. Time 
 `--max_run_gib` and the case's matmul FLOPs fit `--time_budget_tflop`; otherwise the JSON
 says why it was not run. `cpu_s` is the process's CPU time per call (all threads), steadier
 than wall time when other processes share the machine. The lean path does four
-[B*T, D] x [D, V] matmuls (forward, checkpoint recompute, d hidden, d unembedding), the
-naive path three, so a matmul-bound lean path costs at least 4/3 of the naive one.
+[B*T, D] x [D, V] matmuls (forward, backward recompute, d hidden, d unembedding), the
+naive path three, so a matmul-bound lean path costs at least 4/3 of the naive one unless
+its matmuls run faster (its weight-gradient product takes a pre-transposed left operand,
+which XLA:CPU's bfloat16 kernels need; the naive backward's does not).
 
 By default only the cases with at most `--time_budget_tflop` = 1.2 matmul TFLOP are timed:
 on 2 CPU cores that is V=32,000 at B x T <= 4,096 and V=151,936 at B=1, T=1,024.
@@ -59,7 +61,7 @@ _BATCH = flags.DEFINE_list("batch", ["1", "4"], "Batch sizes B.")
 _HIDDEN = flags.DEFINE_integer("hidden", 896, "Hidden size D (Qwen2.5-0.5B: 896).")
 _DTYPES = flags.DEFINE_list("dtypes", ["bfloat16"], "Dtypes of hidden and unembedding.")
 _IMPLS = flags.DEFINE_list("impls", ["lean", "naive"], "Implementations.")
-_CHUNK = flags.DEFINE_integer("chunk_size", 128, "Chunk size of the lean path.")
+_CHUNK = flags.DEFINE_integer("chunk_size", 0, "Vocabulary columns per chunk of the lean path (0: automatic).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls after the warm-up call.")
 _MAX_RUN_GIB = flags.DEFINE_float("max_run_gib", 12.0, "Run only cases whose analysed peak fits this.")
 _TIME_BUDGET = flags.DEFINE_float(
@@ -80,7 +82,7 @@ def matmuls(impl: str) -> int:
 def make_loss(impl: str, chunk_size: int):
   def loss(hidden, unembedding, targets, mask, advantages):
     if impl == "lean":
-      logp = logprobs_lib.token_logprobs(hidden, unembedding, targets, chunk_size=chunk_size,
+      logp = logprobs_lib.token_logprobs(hidden, unembedding, targets, chunk_size=chunk_size or None,
                                          mask=mask)
     else:
       b, t, d = hidden.shape

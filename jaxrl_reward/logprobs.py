@@ -1,10 +1,10 @@
 """Per-token log-probabilities and entropies without materialising [B, T, V] logits.
 
 `token_logprobs` computes, for each position, log p(y_t) = z_t[y_t] - logsumexp(z_t) with
-z_t = h_t W / temperature, chunk by chunk over the sequence axis inside a `lax.scan`. Each
-chunk body is wrapped in `jax.checkpoint`, so neither the forward nor the backward pass
-holds more than one [B, c, V] float32 block (c = chunk_size); the backward recomputes the
-chunk's logits (dz = onehot(y) - softmax(z) for log p). This is the memory problem of
+z_t = h_t W / temperature, chunk by chunk over the vocabulary inside a `lax.fori_loop`
+(an online logsumexp), and a custom VJP recomputes each chunk's logits in the backward
+pass (dz = onehot(y) - softmax(z) for log p), so neither pass holds more than a few
+[B*T, C] float32 blocks (C = vocabulary columns per chunk). This is the memory problem of
 large-vocabulary RL (TRL #2709, verl #1100) that full-logit implementations (Tunix,
 EasyDeL defaults) hit.
 
@@ -12,6 +12,7 @@ Shapes: B batch, T positions, D hidden, V vocabulary, P prompt length, N complet
 """
 from __future__ import annotations
 
+import functools
 import numbers
 
 import jax
@@ -60,24 +61,42 @@ def naive_token_logprobs(logits: Array, targets: Array, *, temperature=1.0,
   return (logp, entropy) if return_entropy else logp
 
 
-def token_logprobs(hidden: Array, unembedding: Array, targets: Array, *, temperature=1.0,
-                   chunk_size: int = 128, return_entropy: bool = False,
-                   mask: Array | None = None):
-  """log_softmax(hidden @ unembedding / temperature)[targets], chunked over T.
+# Default size of one [rows, vocabulary chunk] float32 block: 2^23 elements (32 MiB).
+DEFAULT_BLOCK_ELEMENTS = 1 << 23
+_MIN_VOCAB_CHUNK = 128
 
-  The matmul runs in hidden's dtype (unembedding is cast to it) with float32 accumulation;
-  the log-softmax is float32. T is padded internally to a multiple of the chunk size
-  (min(chunk_size, T)). Peak memory of the logits is [B, chunk, V] float32 in both the
-  forward and the backward pass.
+
+def vocab_chunk_for(rows: int, vocab: int, block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> int:
+  """Vocabulary columns per chunk so that a [rows, chunk] float32 block holds about
+  `block_elements` values: at least 128 (or V) and at most V."""
+  return int(min(vocab, max(_MIN_VOCAB_CHUNK, block_elements // max(rows, 1))))
+
+
+def token_logprobs(hidden: Array, unembedding: Array, targets: Array, *, temperature=1.0,
+                   chunk_size: int | None = None, return_entropy: bool = False,
+                   mask: Array | None = None):
+  """log_softmax(hidden @ unembedding / temperature)[targets], chunked over the vocabulary.
+
+  With z = h W / temperature (rows r = (b, t), columns v), the forward pass walks over
+  vocabulary chunks of C columns keeping an online logsumexp per row (running max m,
+  s = sum exp(z - m), u = sum exp(z - m) z), and picks z[y] where the chunk holds the
+  target: lse = m + log s, log p(y) = z[y] - lse, entropy H = lse - u / s. A custom VJP
+  walks the chunks again, recomputes z, and with p = exp(z - lse) forms
+      dz = g_logp (onehot(y) - p) - g_H p (z - lse + H),    dlogits = dz / temperature,
+  then dW[:, chunk] = h^T dlogits (written once per column, float32 accumulation over all
+  rows) and dh += dlogits W[:, chunk]^T (a float32 carry). Neither pass holds more than a
+  few [B*T, C] float32 blocks; nothing of size [B, T, V] and no float32 copy of W exists.
+  The matmuls run in hidden's dtype (W is cast to it once) with float32 accumulation; the
+  weight gradient comes back in W's dtype. Temperature is not differentiated.
 
   Args:
     hidden: [B, T, D] final-normed hidden states; hidden[:, t] predicts targets[:, t].
     unembedding: [D, V].
     targets: [B, T] int token ids.
     temperature: > 0 (Python number or scalar array); logits are divided by it.
-    chunk_size: positions per chunk.
+    chunk_size: vocabulary columns per chunk; None picks `vocab_chunk_for(B*T, V)`.
     return_entropy: also return the entropy of the temperature-scaled distribution.
-    mask: optional [B, T]; outputs are 0 where mask == 0.
+    mask: optional [B, T]; outputs (and their gradients) are 0 where mask == 0.
   Returns:
     logp [B, T] float32, or (logp, entropy) both [B, T] float32.
   """
@@ -88,50 +107,115 @@ def token_logprobs(hidden: Array, unembedding: Array, targets: Array, *, tempera
         f"{unembedding.shape}")
   if targets.shape != hidden.shape[:2]:
     raise ValueError(f"targets must be [B, T] = {hidden.shape[:2]}, got {targets.shape}")
-  if int(chunk_size) <= 0:
-    raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+  if chunk_size is not None and int(chunk_size) <= 0:
+    raise ValueError(f"chunk_size must be positive (or None), got {chunk_size}")
   b, t, d = hidden.shape
-  if t == 0:
-    zeros = jnp.zeros((b, 0), jnp.float32)
+  v = unembedding.shape[1]
+  if t == 0 or b == 0:
+    zeros = jnp.zeros((b, t), jnp.float32)
     return (zeros, zeros) if return_entropy else zeros
-  c = min(int(chunk_size), t)
-  n_chunks = -(-t // c)
-  pad = n_chunks * c - t
-  # The scan sums the per-chunk weight gradients in w's dtype, so w keeps the parameters'
-  # dtype (float32 params, bfloat16 compute: a float32 sum, no copy) and is cast to
-  # hidden's dtype per chunk; casting it before the scan would sum in bfloat16.
-  w = unembedding
-  h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-  y = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad)))
-  h = h.reshape(b, n_chunks, c, d).swapaxes(0, 1)  # [n, B, c, D]
-  y = y.reshape(b, n_chunks, c).swapaxes(0, 1)  # [n, B, c]
-  # Under a mesh: rows stay over the batch axes, the vocabulary over `tensor` (the weight's
-  # hidden dim is gathered, FSDP style), so no chunk is ever replicated.
-  h = sharding.constrain(h, (None, "act_batch", None, "act_embed"))
-
-  @jax.checkpoint
-  def chunk(w, h_c, y_c):
-    # A 2-D matmul: XLA:CPU runs the backward of the batched einsum about 2x slower.
-    logits = jnp.dot(h_c.reshape(-1, d), w.astype(h_c.dtype), preferred_element_type=jnp.float32)
-    logits = logits.reshape(h_c.shape[0], c, -1)  # [B, c, V]
-    logits = sharding.constrain(logits, ("act_batch", None, "act_vocab"))
-    logits = logits / temperature
-    logp, entropy = _logp_and_entropy(logits, y_c)
-    return logp, entropy if return_entropy else None
-
-  def body(carry, xs):
-    return carry, chunk(w, *xs)
-
-  _, (logp, entropy) = jax.lax.scan(body, None, (h, y))
-  logp = logp.swapaxes(0, 1).reshape(b, n_chunks * c)[:, :t]
+  c = vocab_chunk_for(b * t, v) if chunk_size is None else min(int(chunk_size), v)
+  # Rows stay over the batch axes under a mesh; each vocabulary chunk is gathered.
+  hidden = sharding.constrain(hidden, ("act_batch", None, "act_embed"))
+  logp, entropy = _chunked_logprobs(hidden.reshape(b * t, d), unembedding,
+                                    targets.reshape(b * t).astype(jnp.int32),
+                                    jnp.asarray(temperature, jnp.float32), c)
+  logp, entropy = logp.reshape(b, t), entropy.reshape(b, t)
   if mask is not None:
     logp = jnp.where(mask.astype(bool), logp, 0.0)
-  if not return_entropy:
-    return logp
-  entropy = entropy.swapaxes(0, 1).reshape(b, n_chunks * c)[:, :t]
-  if mask is not None:
     entropy = jnp.where(mask.astype(bool), entropy, 0.0)
-  return logp, entropy
+  return (logp, entropy) if return_entropy else logp
+
+
+def _chunk_start(i, c: int, v: int):
+  """First column of chunk i. The last chunk is shifted left to end at V (it overlaps the
+  previous one); `col >= i * c` marks the columns no earlier chunk has seen."""
+  return jnp.minimum(i * c, v - c)
+
+
+def _as_bits(x):
+  """16-bit floats viewed as uint16. XLA:CPU runs bfloat16 dynamic (update) slices through
+  float32, which in a loop hoists a float32 copy of the whole weight; on integers it slices
+  in place. Other dtypes pass through."""
+  return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype.itemsize == 2 else x
+
+
+def _from_bits(x, dtype):
+  return jax.lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x
+
+
+def _chunk_logits(h2, wc, i, c, temperature):
+  v = wc.shape[1]
+  start = _chunk_start(i, c, v)
+  w_chunk = _from_bits(jax.lax.dynamic_slice_in_dim(_as_bits(wc), start, c, axis=1), h2.dtype)
+  z = jnp.dot(h2, w_chunk, preferred_element_type=jnp.float32) / temperature  # [R, C]
+  cols = start + jnp.arange(c)
+  return z, w_chunk, cols, cols >= i * c
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _chunked_logprobs(h2, w, y, temperature, c):
+  """h2 [R, D], w [D, V], y [R] int32, temperature scalar -> (logp [R], entropy [R])."""
+  return _chunked_fwd(h2, w, y, temperature, c)[0]
+
+
+def _chunked_fwd(h2, w, y, temperature, c):
+  r, v = h2.shape[0], w.shape[1]
+  wc = w.astype(h2.dtype)
+
+  def body(i, carry):
+    m, s, u, target = carry
+    z, _, cols, new = _chunk_logits(h2, wc, i, c, temperature)
+    z_new = jnp.where(new[None, :], z, -jnp.inf)  # overlapping columns count once
+    m_next = jnp.maximum(m, jnp.max(z_new, axis=1))
+    scale = jnp.exp(m - m_next)
+    e = jnp.exp(z_new - m_next[:, None])
+    s = s * scale + jnp.sum(e, axis=1)
+    u = u * scale + jnp.sum(jnp.where(new[None, :], e * z, 0.0), axis=1)
+    hit = (cols[None, :] == y[:, None]) & new[None, :]
+    target = target + jnp.sum(jnp.where(hit, z, 0.0), axis=1)
+    return m_next, s, u, target
+
+  n_chunks = -(-v // c)
+  init = (jnp.full((r,), -jnp.inf, jnp.float32), jnp.zeros((r,), jnp.float32),
+          jnp.zeros((r,), jnp.float32), jnp.zeros((r,), jnp.float32))
+  m, s, u, target = jax.lax.fori_loop(0, n_chunks, body, init)
+  lse = m + jnp.log(s)
+  entropy = lse - u / s
+  return (target - lse, entropy), (h2, w, y, temperature, lse, entropy)
+
+
+def _chunked_bwd(c, residuals, cotangents):
+  h2, w, y, temperature, lse, entropy = residuals
+  g_logp, g_entropy = cotangents
+  v = w.shape[1]
+  wc = w.astype(h2.dtype)
+  # Transposed once, outside the loop: XLA:CPU's fast bfloat16 kernels need the
+  # contracted (row) axis last on the left operand of dW = h^T dlogits.
+  h2_t = jnp.transpose(h2)  # [D, R]
+
+  def body(i, carry):
+    dh, dw = carry
+    z, w_chunk, cols, new = _chunk_logits(h2, wc, i, c, temperature)
+    p = jnp.exp(z - lse[:, None])
+    onehot = (cols[None, :] == y[:, None]).astype(jnp.float32)
+    dz = g_logp[:, None] * (onehot - p) - g_entropy[:, None] * p * (z - (lse - entropy)[:, None])
+    dlogits = (dz / temperature).astype(h2.dtype)  # [R, C]
+    dw_chunk = jnp.dot(h2_t, dlogits, preferred_element_type=jnp.float32)  # [D, C]
+    dw = jax.lax.dynamic_update_slice_in_dim(dw, _as_bits(dw_chunk.astype(w.dtype)),
+                                             _chunk_start(i, c, v), axis=1)
+    dlogits_new = jnp.where(new[None, :], dlogits, jnp.zeros((), dlogits.dtype))
+    dh = dh + jax.lax.dot_general(dlogits_new, w_chunk, (((1,), (1,)), ((), ())),
+                                  preferred_element_type=jnp.float32)
+    return dh, dw
+
+  n_chunks = -(-v // c)
+  init = (jnp.zeros(h2.shape, jnp.float32), _as_bits(jnp.zeros(w.shape, w.dtype)))
+  dh, dw = jax.lax.fori_loop(0, n_chunks, body, init)
+  return dh.astype(h2.dtype), _from_bits(dw, w.dtype), None, jnp.zeros_like(temperature)
+
+
+_chunked_logprobs.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def left_align(ids: Array, mask: Array) -> tuple[Array, Array]:
@@ -156,7 +240,7 @@ def left_align(ids: Array, mask: Array) -> tuple[Array, Array]:
 
 
 def completion_logprobs(model, prompt_ids: Array, prompt_mask: Array, completion_ids: Array,
-                        completion_mask: Array, *, temperature=1.0, chunk_size: int = 128,
+                        completion_mask: Array, *, temperature=1.0, chunk_size: int | None = None,
                         return_entropy: bool = False):
   """Teacher-forced log-probs of completion tokens given their prompts.
 

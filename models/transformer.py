@@ -30,6 +30,7 @@ G = N / KV query heads per KV head, H head dim, F intermediate size, V vocabular
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -43,7 +44,7 @@ Array = jax.Array
 
 # Logical names of activations, mapped to mesh axes by the run's sharding rules.
 _HIDDEN = ("act_batch", "act_seq", "act_embed")
-_CACHE = ("layers", "act_batch", "act_seq", "act_kv_heads", None)
+_CACHE = ("act_batch", "act_kv_heads", "act_seq", None)
 
 # Large finite negative value for masked attention logits: a query whose keys are all
 # masked gets a uniform (finite) softmax instead of NaN.
@@ -169,7 +170,9 @@ def get_config(name: str, **overrides) -> TransformerConfig:
 class KVCache(NamedTuple):
   """Static-size key/value cache (a pytree).
 
-  k, v:      [L, B, S, KV, H] keys (after RoPE) and values of every layer.
+  k, v:      tuples of L arrays [B, KV, S, H]: keys (after RoPE) and values per layer
+             (one buffer per layer, updated in place; heads before slots, so attention
+             reads them without a transpose).
   key_mask:  [B, S] bool, True where slot s holds a real (non-padding) token.
   index:     int32 scalar, the next slot to write (same for every row).
   """
@@ -197,6 +200,38 @@ class RMSNorm(nnx.Module):
     return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul(x: Array, w: Array, dtype) -> Array:
+  """`x @ w` for x [M, K] and w [K, N], both rounded to `dtype`, accumulated in float32;
+  returns [M, N] in `dtype`.
+
+  The backward pass rounds the output gradient to `dtype` and computes both products in
+  `dtype` with float32 accumulation: dx = g @ w.T (returned in x's dtype) and
+  dw = x.T @ g (returned in w's dtype, so float32 parameters get a float32 gradient). XLA:CPU
+  only has fast bfloat16 kernels for bfloat16 x bfloat16 -> float32 products; autodiff of
+  the forward would instead run the backward products in float32 on converted copies.
+  """
+  return _matmul_fwd(x, w, dtype)[0]
+
+
+def _matmul_fwd(x, w, dtype):
+  xc, wc = x.astype(dtype), w.astype(dtype)
+  y = jnp.dot(xc, wc, preferred_element_type=jnp.float32).astype(dtype)
+  # Zero-size stand-ins carry the input dtypes to the backward pass.
+  return y, (xc, wc, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+
+
+def _matmul_bwd(dtype, residuals, g):
+  xc, wc, x_like, w_like = residuals
+  g = g.astype(dtype)
+  dx = jax.lax.dot_general(g, wc, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  dw = jax.lax.dot_general(xc, g, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 class Projection(nnx.Module):
   """Linear map `einsum(spec, x, kernel) (+ bias)` with named kernel axes."""
 
@@ -217,10 +252,10 @@ class Projection(nnx.Module):
     # XLA:CPU runs the backward of the batched 3-D einsum about 2x slower.
     x_axes = self.spec.split(",")[0]
     n_in = len(x_axes) - 2  # contracted axes: x's trailing ones, the kernel's leading ones
-    kernel = self.kernel[...].astype(self.dtype)
+    kernel = self.kernel[...]
     lead, in_shape, out_shape = x.shape[:-n_in], kernel.shape[:n_in], kernel.shape[n_in:]
-    x2 = x.astype(self.dtype).reshape(-1, math.prod(in_shape))
-    y = (x2 @ kernel.reshape(math.prod(in_shape), -1)).reshape(*lead, *out_shape)
+    x2 = x.reshape(-1, math.prod(in_shape))
+    y = matmul(x2, kernel.reshape(math.prod(in_shape), -1), self.dtype).reshape(*lead, *out_shape)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -311,11 +346,12 @@ class Attention(nnx.Module):
       self.k_norm = None
 
   def project_kv(self, x: Array, positions: Array) -> tuple[Array, Array]:
-    """Keys (after k_norm and RoPE) and values, each [B, T, KV, H]."""
+    """Keys (after k_norm and RoPE) and values, each [B, KV, T, H]."""
     k = self.k_proj(x)
     if self.k_norm is not None:
       k = self.k_norm(k)
-    return rope(k, positions, self.config.rope_theta, self.config.rope_scaling), self.v_proj(x)
+    k = rope(k, positions, self.config.rope_theta, self.config.rope_scaling)
+    return k.transpose(0, 2, 1, 3), self.v_proj(x).transpose(0, 2, 1, 3)
 
   def __call__(self, x: Array, positions: Array, keys: Array, values: Array,
                mask: Array) -> Array:
@@ -324,7 +360,7 @@ class Attention(nnx.Module):
     Args:
       x: [B, T, D] normalised input.
       positions: [B, T] positions of the queries.
-      keys, values: [B, S, KV, H] (already rotated keys).
+      keys, values: [B, KV, S, H] (already rotated keys).
       mask: [B, T, S] bool, True where query t may attend key s.
     Returns:
       [B, T, D].
@@ -335,13 +371,17 @@ class Attention(nnx.Module):
       q = self.q_norm(q)
     q = rope(q, positions, c.rope_theta, c.rope_scaling)  # [B, T, N, H]
     b, t, n, h = q.shape
-    kv = keys.shape[2]
-    q = q.reshape(b, t, kv, n // kv, h)  # [B, T, KV, G, H]
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, keys.astype(q.dtype),
+    kv = keys.shape[1]
+    # [B, KV, G*T, H]: each KV head's queries as the rows of one batched matmul.
+    q = q.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, -1, h)
+    scores = jnp.einsum("bkqh,bksh->bkqs", q, keys.astype(q.dtype),
                         preferred_element_type=jnp.float32) * (h ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)  # [B, KV, G, T, S]
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, values.astype(q.dtype))
+    scores = scores.reshape(b, kv, n // kv, t, -1)  # [B, KV, G, T, S]
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(b, kv, n // kv * t, -1)
+    out = jnp.einsum("bkqs,bksh->bkqh", probs, values.astype(q.dtype),
+                     preferred_element_type=jnp.float32).astype(q.dtype)
+    out = out.reshape(b, kv, n // kv, t, h).transpose(0, 3, 1, 2, 4)  # [B, T, KV, G, H]
     return self.o_proj(out.reshape(b, t, n, h))
 
 
@@ -422,8 +462,9 @@ class Transformer(nnx.Module):
     """Empty cache with `max_length` slots per row; dtype defaults to the compute dtype."""
     c = self.config
     dtype = c.compute_dtype if dtype is None else dtype
-    shape = (c.num_layers, batch_size, max_length, c.num_kv_heads, c.head_dim)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+    shape = (batch_size, c.num_kv_heads, max_length, c.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(c.num_layers))
+    return KVCache(k=zeros, v=zeros,
                    key_mask=jnp.zeros((batch_size, max_length), bool),
                    index=jnp.zeros((), jnp.int32))
 
@@ -463,26 +504,25 @@ class Transformer(nnx.Module):
     else:
       if positions is None:
         positions = default_positions(attention_mask, jnp.sum(cache.key_mask, axis=-1))
-      s = cache.k.shape[2]
+      s = cache.k[0].shape[2]
       index = cache.index
       key_mask = jax.lax.dynamic_update_slice(cache.key_mask, real, (0, index))  # [B, S]
       query_slot = index + jnp.arange(t)  # [T]
       causal = jnp.arange(s)[None, :] <= query_slot[:, None]  # [T, S]
       mask = causal[None] & key_mask[:, None, :]  # [B, T, S]
-      cache_k, cache_v = cache.k, cache.v
+      cache_k = [sharding.constrain(k, _CACHE) for k in cache.k]
+      cache_v = [sharding.constrain(v, _CACHE) for v in cache.v]
 
     x = sharding.constrain(self.embed_tokens(input_ids), _HIDDEN)  # [B, T, D]
-    if cache is not None:
-      cache_k, cache_v = sharding.constrain(cache_k, _CACHE), sharding.constrain(cache_v, _CACHE)
     for i, layer in enumerate(self.layers):
       y = layer.input_layernorm(x)
-      k, v = layer.self_attn.project_kv(y, positions)  # [B, T, KV, H]
+      k, v = layer.self_attn.project_kv(y, positions)  # [B, KV, T, H]
       if cache is not None:
-        cache_k = jax.lax.dynamic_update_slice(
-            cache_k, k.astype(cache_k.dtype)[None], (i, 0, index, 0, 0))
-        cache_v = jax.lax.dynamic_update_slice(
-            cache_v, v.astype(cache_v.dtype)[None], (i, 0, index, 0, 0))
-        k, v = cache_k[i], cache_v[i]  # [B, S, KV, H]
+        cache_k[i] = jax.lax.dynamic_update_slice(cache_k[i], k.astype(cache_k[i].dtype),
+                                                  (0, 0, index, 0))
+        cache_v[i] = jax.lax.dynamic_update_slice(cache_v[i], v.astype(cache_v[i].dtype),
+                                                  (0, 0, index, 0))
+        k, v = cache_k[i], cache_v[i]  # [B, KV, S, H]
       x = x + layer.self_attn(y, positions, k, v, mask)
       x = x + layer.mlp(layer.post_attention_layernorm(x))
       x = sharding.constrain(x, _HIDDEN)
@@ -491,4 +531,4 @@ class Transformer(nnx.Module):
     out = hidden if return_hidden else self.logits(hidden)
     if cache is None:
       return out
-    return out, KVCache(k=cache_k, v=cache_v, key_mask=key_mask, index=index + t)
+    return out, KVCache(k=tuple(cache_k), v=tuple(cache_v), key_mask=key_mask, index=index + t)

@@ -101,8 +101,8 @@ class TokenLogprobsTest(parameterized.TestCase):
 
 
 def test_float32_unembedding_gradient_is_summed_in_float32_under_bf16_compute():
-  """float32 parameters, bfloat16 hidden states (the trainer's bf16 setting): the 64 chunks'
-  weight gradients must be summed in float32; a bfloat16 running sum drifts."""
+  """float32 parameters, bfloat16 hidden states (the trainer's bf16 setting): the weight
+  gradient, a sum over 2,048 rows, must be accumulated and returned in float32."""
   rng = np.random.default_rng(0)
   b, t, d, v = 2, 1024, 64, 256
   hidden = jnp.asarray(rng.normal(size=(b, t, d)), jnp.bfloat16)
@@ -137,7 +137,7 @@ class MemoryTest(parameterized.TestCase):
   def test_lean_path_never_builds_full_logits(self):
     b, t, d, v, chunk = 2, 256, 16, 512, 16
     hidden, w, targets, _ = random_inputs(b=b, t=t, d=d, v=v)
-    full = b * t * v  # elements of [B, T, V]; a chunk has B * chunk * V = full / 16
+    full = b * t * v  # elements of [B, T, V]; a chunk has B * T * chunk = full / 32
 
     def lean_loss(h, w):
       logp, ent = lp.token_logprobs(h, w, targets, chunk_size=chunk, return_entropy=True)
