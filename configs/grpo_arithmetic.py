@@ -1,9 +1,10 @@
 """GRPO on synthetic arithmetic: the project's default experiment.
 
 A randomly initialised `mini` transformer (hidden 128, 3 layers, 0.75M parameters) is
-first warmed up by supervised training on noisy worked solutions (40% end with a wrong
-answer), then trained with GRPO against the arithmetic verifier. Held-out accuracy (greedy and sampled) is
-measured after each stage.
+first warmed up by supervised training on flawed worked solutions (60% end with an answer
+that is off by +1 while their column work is right), then trained with GRPO against the
+arithmetic verifier. Held-out accuracy (greedy and sampled) is measured after each stage:
+the warm-up teaches the systematic slip, GRPO unlearns it.
 
     python -m experiments.train --config=configs/grpo_arithmetic.py --workdir=/tmp/grpo_arithmetic
 
@@ -27,8 +28,12 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.task.max_prompt_length = 8
   c.task.max_completion_length = 36
   # Fraction of warm-up solutions whose final answer is wrong (the column work stays right):
-  # noisy demonstrations that the verifier-driven GRPO stage learns to see through.
-  c.task.answer_noise = 0.4
+  # flawed demonstrations that the verifier-driven GRPO stage learns to see through.
+  c.task.answer_noise = 0.6
+  # 0: a corrupted answer is off by a random amount; k != 0: always off by k. With a
+  # systematic slip in most demonstrations, the warmed-up policy's likeliest answer is wrong.
+  c.task.answer_shift = 1
+  c.optim.lr = 3e-5
 
   if variant in (None, ""):
     pass

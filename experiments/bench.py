@@ -26,6 +26,7 @@ from flax import nnx
 import objectives  # noqa: F401  (registers the objectives)
 from jaxrl_reward import logprobs as logprobs_lib
 from jaxrl_reward import optim
+from jaxrl_reward import provenance
 from jaxrl_reward import sampling
 from jaxrl_reward import sharding
 from jaxrl_reward import update as update_lib
@@ -141,7 +142,8 @@ def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_lengt
       # Parameters + optimizer state held by one device.
       "state_MB_per_device": round(sharding.per_device_bytes((params, opt_state)) / 2**20, 2),
       "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
-      "host": platform.processor() or platform.machine(),
+      "host": platform.processor() or platform.machine(), "jax": jax.__version__,
+      "commit": (provenance.git_info() or {}).get("commit"),
   }
 
 

@@ -54,6 +54,7 @@ from absl import app
 from absl import flags
 
 from jaxrl_reward import logprobs as logprobs_lib
+from jaxrl_reward import provenance
 
 _VOCAB = flags.DEFINE_list("vocab", ["32000", "151936"], "Vocabulary sizes V.")
 _LENGTH = flags.DEFINE_list("length", ["1024", "4096"], "Sequence lengths T.")
@@ -128,7 +129,8 @@ def bench_case(impl, b, t, d, v, dtype, *, chunk_size, repeats, max_run_gib, tim
   compile_s = time.perf_counter() - start
   tflop = matmuls(impl) * 2 * b * t * d * v / 1e12
   result = {"case": "logprobs_grad", "impl": impl, "dtype": jnp.dtype(dtype).name, "B": b, "T": t,
-            "D": d, "V": v, "chunk_size": chunk_size if impl == "lean" else None,
+            "D": d, "V": v,
+            "chunk_size": (chunk_size or logprobs_lib.vocab_chunk_for(b * t, v)) if impl == "lean" else None,
             "full_logits_f32_GiB": round(b * t * v * 4 / GIB, 3), **memory(compiled),
             "matmul_tflop": round(tflop, 3), "compile_s": round(compile_s, 2)}
   peak = result.get("peak_GiB")
@@ -185,7 +187,7 @@ def main(argv):
 
   d = _HIDDEN.value
   env = {"device": jax.devices()[0].device_kind, "host": platform.processor() or platform.machine(),
-         "jax": jax.__version__}
+         "jax": jax.__version__, "commit": (provenance.git_info() or {}).get("commit")}
   for dtype_name in _DTYPES.value:
     dtype = jnp.dtype(dtype_name)
     for v in map(int, _VOCAB.value):

@@ -104,7 +104,7 @@ def logprobs_table(records):
                  if lean.get("cpu_s") and naive.get("cpu_s") else None)
     notes = "; ".join(f"{name}: not run ({r['not_run']})" for name, r in (("lean", lean), ("naive", naive))
                       if r.get("not_run") and "would need" in r["not_run"])
-    rows.append((any_["dtype"], any_["V"], any_["T"], any_["B"], lean.get("chunk_size"),
+    rows.append((any_["dtype"], any_["V"], any_["T"], any_["B"], lean.get("chunk_size") or "auto",
                  any_.get("full_logits_f32_GiB"), lean.get("peak_GiB"), naive.get("peak_GiB"),
                  None if peak_ratio is None else round(peak_ratio, 3),
                  lean.get("time_s"), naive.get("time_s"),
@@ -113,7 +113,7 @@ def logprobs_table(records):
   header = ("dtype", "V", "T", "B", "lean chunk", "[B,T,V] f32 GiB", "lean peak GiB",
             "naive peak GiB", "peak lean/naive", "lean s", "naive s", "time lean/naive",
             "CPU time lean/naive", "notes")
-  return "### Log-probs + GRPO loss + gradients (lean vs naive)\n\n" + table(header, rows)
+  return "#### Log-probs + GRPO loss + gradients (lean vs naive)\n\n" + table(header, rows)
 
 
 STEP_CASES = {"grpo_step": "jaxrl_reward", "trl_grpo_step": "TRL GRPOTrainer",
@@ -132,7 +132,17 @@ def _label(r):
 
 
 def _shape(r):
-  return (r.get("batch"), r.get("prompt_length"), r.get("completion_length"), r.get("dtype"))
+  return (r.get("batch"), r.get("prompt_length"), r.get("completion_length"), r.get("dtype"),
+          _device(r))
+
+
+def _device(r):
+  return r.get("device") or "cpu"  # the TRL / Tunix runs are CPU-only
+
+
+def _mesh(r):
+  mesh = r.get("mesh")
+  return " x ".join(f"{k} {v}" for k, v in mesh.items()) if mesh else ""
 
 
 def _load(r):
@@ -150,16 +160,18 @@ def step_table(records):
   for r in steps:
     name = _label(r)
     version = r.get("library") or (f"jax {r['jax']}" if r.get("jax") else "")
-    rows.append((name, version, r.get("dtype"),
+    rows.append((name, version, r.get("model"), _mesh(r), _device(r), r.get("dtype"),
                  f"{r.get('batch')} x ({r.get('prompt_length')} + {r.get('completion_length')})",
                  r.get("step_tokens_per_s"), r.get("step_s"), r.get("sample_tokens_per_s"),
-                 r.get("generate_s"), _load(r)))
-  header = ("implementation", "version", "dtype", "batch x (prompt + completion)",
-            "whole step tok/s", "step s", "sample tok/s", "TRL generate s", "load avg")
-  out = "### Whole GRPO step, completion tokens/s\n\n" + table(header, rows)
+                 r.get("update_tokens_per_s"), r.get("generate_s"), _load(r)))
+  header = ("implementation", "version", "model", "mesh", "device", "dtype",
+            "batch x (prompt + completion)", "whole step tok/s", "step s", "sample tok/s",
+            "update tok/s", "TRL generate s", "load avg")
+  out = "#### Whole GRPO step, completion tokens/s\n\n" + table(header, rows)
+  # Ratios only between single-device runs of the same shape, dtype and device.
   by_shape = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in steps:
-    if r.get("step_tokens_per_s"):
+    if r.get("step_tokens_per_s") and not r.get("mesh"):
       by_shape[_shape(r)][_label(r)].append(r["step_tokens_per_s"])
   ours_label = STEP_CASES["grpo_step"]
   ratio_rows = []
@@ -169,7 +181,7 @@ def step_table(records):
     ours = statistics.median(cases[ours_label])
     for label, values in cases.items():
       if label != ours_label:
-        ratio_rows.append((f"{shape[0]} x ({shape[1]} + {shape[2]}), {shape[3]}", label,
+        ratio_rows.append((f"{shape[0]} x ({shape[1]} + {shape[2]}), {shape[3]}, {shape[4]}", label,
                            round(ours, 1), round(statistics.median(values), 1),
                            round(ours / statistics.median(values), 2)))
   if ratio_rows:
@@ -194,7 +206,7 @@ def sampler_table(records):
                  r.get("new_tokens"), r["tokens_per_s"], r.get("time_s"), r.get("greedy_match"), ratio))
   header = ("model", "impl", "torch threads", "batch", "prompt len", "new tokens", "tok/s", "s",
             "greedy match", "ours / this")
-  return "### Sampler alone (greedy, KV cache) vs transformers.generate\n\n" + table(header, rows)
+  return "#### Sampler alone (greedy, KV cache) vs transformers.generate\n\n" + table(header, rows)
 
 
 def generic_tables(records):
@@ -208,7 +220,7 @@ def generic_tables(records):
     keys = [k for k in dict.fromkeys(k for r in rs for k in r) if k != "case"]
     rows = [tuple(r.get(k) if not isinstance(r.get(k), (list, dict)) else json.dumps(r.get(k))
                   for k in keys) for r in rs]
-    out.append(f"### {case}\n\n" + table(keys, rows))
+    out.append(f"#### {case}\n\n" + table(keys, rows))
   return out
 
 
@@ -242,7 +254,8 @@ def main(argv=None):
   parser.add_argument("--out", default="", help="also write the Markdown to this file")
   parser.add_argument("--update", default="", help="rewrite the marked block of this document")
   args = parser.parse_args(argv)
-  text = render(read_records(args.inputs))
+  # One section per results file: each file is one machine's runs of one code version.
+  text = "\n".join(f"### `{path}`\n\n" + render(read_records([path])) for path in args.inputs)
   print(text, end="")
   if args.out:
     with open(args.out, "w") as f:

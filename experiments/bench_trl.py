@@ -23,7 +23,8 @@ initialised Qwen2 built from a config (no hub access) with hidden 256, 4 layers,
 2 KV heads, head_dim 64, intermediate 1024, vocabulary 1024, untied embeddings; 4 prompts of
 32 tokens x 8 completions of exactly 64 tokens per step (EOS is suppressed with
 `min_new_tokens`), one optimizer step (AdamW) per generation, no reference model (beta 0),
-loss `dapo`, float32, CPU. The tokenizer is a word-level `tokenizers` model built in memory
+loss `dapo`, float32 (TRL with `--bf16`: bfloat16 autocast over float32 weights), CPU.
+The tokenizer is a word-level `tokenizers` model built in memory
 (token i is the word "t{i}"), so a prompt of 32 words is 32 tokens. The reward is a cheap
 stand-in (the fraction of odd completion token ids), as in experiments/bench.py.
 
@@ -169,7 +170,7 @@ def _bench_trl(args) -> dict:
     return odd_fraction(completion_ids)
 
   grpo_args = trl.GRPOConfig(
-      output_dir=args.output_dir, use_cpu=True, bf16=False, fp16=False, report_to="none",
+      output_dir=args.output_dir, use_cpu=True, bf16=args.bf16, fp16=False, report_to="none",
       per_device_train_batch_size=batch, gradient_accumulation_steps=1, steps_per_generation=1,
       num_generations=args.group_size, max_completion_length=args.completion_length,
       generation_kwargs={"min_new_tokens": args.completion_length},
@@ -218,8 +219,8 @@ def _bench_trl(args) -> dict:
       "case": "trl_grpo_step", "library": f"trl {trl.__version__}",
       "torch": torch.__version__, "transformers": transformers.__version__,
       "torch_threads": torch.get_num_threads(), "params_M": round(n_params / 1e6, 2),
-      "dtype": "float32", "batch": batch, "prompt_length": args.prompt_length,
-      "completion_length": args.completion_length,
+      "dtype": "bfloat16" if args.bf16 else "float32", "batch": batch,
+      "prompt_length": args.prompt_length, "completion_length": args.completion_length,
       "step_tokens_per_s": round(batch * args.completion_length / step_s, 1),
       "step_s": round(step_s, 4), "steps_s": [round(t, 4) for t in timed],
       "warmup_step_s": [round(t, 4) for t in timer.times[:args.warmup]],
@@ -333,6 +334,8 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=5, help="timed steps")
   parser.add_argument("--gradient_checkpointing", action="store_true",
                       help="TRL only: recompute activations in the backward (TRL's default)")
+  parser.add_argument("--bf16", action="store_true",
+                      help="TRL only: bfloat16 autocast (GRPOConfig(bf16=True)); float32 weights")
   parser.add_argument("--threads", type=int, default=0,
                       help="TRL only: torch intra-op threads (0: torch's default, one per core)")
   parser.add_argument("--output_dir", default="/tmp/bench_trl_out")

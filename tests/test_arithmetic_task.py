@@ -135,3 +135,14 @@ def test_noisy_solutions_corrupt_only_the_answer():
     assert (sol != bad) == is_wrong
   with pytest.raises(ValueError, match="noise"):
     arithmetic.noisy_solutions(train, noise=1.0, seed=0, step=0)
+
+
+def test_systematic_shift_moves_every_corrupted_answer_by_the_same_amount():
+  train, _ = arithmetic.ArithmeticTask(seed=3, num_train=400, num_eval=0).splits()
+  noisy = arithmetic.noisy_solutions(train, noise=0.6, seed=0, step=5, shift=1)
+  shifts = [int(bad.rpartition("####")[2]) - int(e["answer"]) for e, bad in zip(train, noisy)]
+  assert set(shifts) == {0, 1}
+  assert 0.5 < np.mean(shifts) < 0.7  # about `noise` of them, all off by +1
+  # The diffuse default moves answers by many different amounts.
+  diffuse = arithmetic.noisy_solutions(train, noise=0.6, seed=0, step=5)
+  assert len({int(b.rpartition("####")[2]) - int(e["answer"]) for e, b in zip(train, diffuse)}) > 10

@@ -100,6 +100,13 @@ class TokenLogprobsTest(parameterized.TestCase):
       lp.token_logprobs(hidden, w.T, targets)
 
 
+def test_vocab_chunk_for_bounds_the_block():
+  assert lp.vocab_chunk_for(4096, 151936) == lp.DEFAULT_BLOCK_ELEMENTS // 4096  # 2,048 columns
+  assert lp.vocab_chunk_for(1, 100) == 100  # never more than V
+  assert lp.vocab_chunk_for(10**9, 151936) == 128  # never fewer than 128
+  assert lp.vocab_chunk_for(10**9, 50) == 50
+
+
 def test_float32_unembedding_gradient_is_summed_in_float32_under_bf16_compute():
   """float32 parameters, bfloat16 hidden states (the trainer's bf16 setting): the weight
   gradient, a sum over 2,048 rows, must be accumulated and returned in float32."""

@@ -14,7 +14,7 @@ from jaxrl_reward import trainer as trainer_lib
 
 VARIANTS = (None, "cpu")
 # Keys of the arithmetic config that only its synthetic task reads.
-ARITHMETIC_TASK_ONLY = {"task.max_value", "task.answer_noise"}
+ARITHMETIC_TASK_ONLY = {"task.max_value", "task.answer_noise", "task.answer_shift"}
 
 
 def _flat_keys(config, prefix: str = "") -> set[str]:

@@ -253,5 +253,39 @@ class TransformerTest(parameterized.TestCase):
     self.assertBetween(n, 40e6, 60e6)
 
 
+class MatmulTest(parameterized.TestCase):
+  """models.transformer.matmul: products in the compute dtype, float32 accumulation."""
+
+  def _inputs(self):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(96, 40)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(40, 24)) * 0.2, jnp.float32)
+    g = jnp.asarray(rng.normal(size=(96, 24)), jnp.float32)  # output cotangent
+    return x, w, g
+
+  def test_float32_equals_plain_matmul_and_autodiff(self):
+    x, w, g = self._inputs()
+    y, vjp = jax.vjp(lambda x, w: tf.matmul(x, w, jnp.float32), x, w)
+    want, want_vjp = jax.vjp(lambda x, w: x @ w, x, w)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+    for got, ref in zip(vjp(g), want_vjp(g)):
+      np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+  def test_bfloat16_products_float32_gradients(self):
+    x, w, g = self._inputs()
+    y, vjp = jax.jit(lambda x, w: jax.vjp(lambda x, w: tf.matmul(x, w, jnp.bfloat16), x, w))(x, w)
+    dx, dw = vjp(g.astype(jnp.bfloat16))
+    self.assertEqual(y.dtype, jnp.bfloat16)
+    # Gradients come back in the inputs' dtypes: float32 parameters get float32 gradients.
+    self.assertEqual((dx.dtype, dw.dtype), (jnp.float32, jnp.float32))
+    # Reference: float64 products of the bfloat16-rounded operands.
+    r = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16), np.float64)
+    xb, wb, gb = r(x), r(w), r(g)
+    np.testing.assert_allclose(np.asarray(y, np.float64), xb @ wb, rtol=1e-2, atol=1e-2)
+    # dw sums 96 products in float32: far closer to float64 than a bfloat16 result could be.
+    np.testing.assert_allclose(dw, xb.T @ gb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, gb @ wb.T, rtol=1e-5, atol=1e-5)
+
+
 if __name__ == "__main__":
   pytest.main([__file__])

@@ -267,27 +267,33 @@ def to_dataset(examples: Sequence[Example]):
   return datasets.Dataset.from_dict(columns, features=features)
 
 
-def corrupt_final_answer(solution: str, rng: np.random.Generator) -> str:
+def corrupt_final_answer(solution: str, rng: np.random.Generator, shift: int = 0) -> str:
   """The same worked solution with a wrong final answer (for noisy demonstrations).
 
-  The value after the last `####` is shifted by a non-zero amount in [-9, 9], so the column
-  work stays right and only the answer line disagrees with it.
+  The value after the last `####` is shifted by `shift`, or, when `shift` is 0, by a random
+  non-zero amount in [-9, 9]; the column work stays right and only the answer line
+  disagrees with it.
   """
   head, sep, value = solution.rpartition(ANSWER_MARKER)
   if not sep:
     raise ValueError(f"solution has no {ANSWER_MARKER!r} marker: {solution!r}")
-  shift = int(rng.choice([d for d in range(-9, 10) if d != 0]))
+  if not shift:
+    shift = int(rng.choice([d for d in range(-9, 10) if d != 0]))
   return f"{head}{ANSWER_MARKER} {int(value) + shift}"
 
 
-def noisy_solutions(examples: Sequence[Example], *, noise: float, seed: int, step: int) -> list[str]:
+def noisy_solutions(examples: Sequence[Example], *, noise: float, seed: int, step: int,
+                    shift: int = 0) -> list[str]:
   """Worked solutions of `examples`, each with a wrong final answer with probability `noise`.
 
+  `shift` 0 moves a corrupted answer by a random amount (diffuse noise: the right answer stays
+  the most common one); a non-zero `shift` always moves it by that amount (a systematic
+  error: with noise > 0.5 the demonstrations' most common answer is the wrong one).
   Deterministic in (seed, step), so a resumed run sees the same noisy batch.
   """
   if not 0.0 <= noise < 1.0:
     raise ValueError(f"noise must be in [0, 1), got noise={noise}")
   rng = np.random.default_rng([seed, step, 7])
   flips = rng.random(len(examples)) < noise
-  return [corrupt_final_answer(ex["solution"], rng) if flip else ex["solution"]
+  return [corrupt_final_answer(ex["solution"], rng, shift) if flip else ex["solution"]
           for ex, flip in zip(examples, flips)]

@@ -33,7 +33,8 @@ def _arithmetic(task_config, seed: int) -> Task:
   train, held_out = task.splits()
 
   def sft_targets(examples: list[dict], step: int) -> list[str]:
-    return arithmetic.noisy_solutions(examples, noise=task_config.answer_noise, seed=seed, step=step)
+    return arithmetic.noisy_solutions(examples, noise=task_config.answer_noise, seed=seed, step=step,
+                                      shift=task_config.answer_shift)
 
   return Task(tokenizer_lib.build_arithmetic_tokenizer(), train, held_out, sft_targets)
 
