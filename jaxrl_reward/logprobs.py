@@ -86,8 +86,9 @@ def token_logprobs(hidden: Array, unembedding: Array, targets: Array, *, tempera
   then dW[:, chunk] = h^T dlogits (written once per column, float32 accumulation over all
   rows) and dh += dlogits W[:, chunk]^T (a float32 carry). Neither pass holds more than a
   few [B*T, C] float32 blocks; nothing of size [B, T, V] and no float32 copy of W exists.
-  The matmuls run in hidden's dtype (W is cast to it once) with float32 accumulation; the
-  weight gradient comes back in W's dtype. Temperature is not differentiated.
+  The products take their operands in hidden's dtype (each chunk of W is cast to it;
+  float32 on CPU, see `_product_dtype`) and accumulate in float32; the weight gradient
+  comes back in W's dtype. Temperature is not differentiated.
 
   Args:
     hidden: [B, T, D] final-normed hidden states; hidden[:, t] predicts targets[:, t].
@@ -144,10 +145,25 @@ def _from_bits(x, dtype):
   return jax.lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x
 
 
-def _chunk_logits(h2, wc, i, c, temperature):
-  v = wc.shape[1]
+def _product_dtype(dtype):
+  """The operand dtype of the matrix products: `dtype`, except float32 on CPU.
+
+  XLA:CPU has fast bfloat16 x bfloat16 -> float32 kernels only for a row-major left operand
+  contracted on its last axis; its rewrites (a transposed unembedding, a folded transpose of
+  a product) can hand other bfloat16 products to a generic kernel that has no such case and
+  fails at run time. CPU runs are not where bfloat16 pays off, so the products run in
+  float32 there.
+  """
+  return jnp.float32 if jax.default_backend() == "cpu" else dtype
+
+
+def _chunk_logits(h2, w, i, c, temperature):
+  """Logits z [R, C] of chunk i (h2 already in the product dtype), the chunk of w in that
+  dtype [D, C], the chunk's columns and which of them no earlier chunk had."""
+  v = w.shape[1]
   start = _chunk_start(i, c, v)
-  w_chunk = _from_bits(jax.lax.dynamic_slice_in_dim(_as_bits(wc), start, c, axis=1), h2.dtype)
+  w_chunk = _from_bits(jax.lax.dynamic_slice_in_dim(_as_bits(w), start, c, axis=1), w.dtype)
+  w_chunk = w_chunk.astype(h2.dtype)
   z = jnp.dot(h2, w_chunk, preferred_element_type=jnp.float32) / temperature  # [R, C]
   cols = start + jnp.arange(c)
   return z, w_chunk, cols, cols >= i * c
@@ -161,11 +177,11 @@ def _chunked_logprobs(h2, w, y, temperature, c):
 
 def _chunked_fwd(h2, w, y, temperature, c):
   r, v = h2.shape[0], w.shape[1]
-  wc = w.astype(h2.dtype)
+  hp = h2.astype(_product_dtype(h2.dtype))
 
   def body(i, carry):
     m, s, u, target = carry
-    z, _, cols, new = _chunk_logits(h2, wc, i, c, temperature)
+    z, _, cols, new = _chunk_logits(hp, w, i, c, temperature)
     z_new = jnp.where(new[None, :], z, -jnp.inf)  # overlapping columns count once
     m_next = jnp.maximum(m, jnp.max(z_new, axis=1))
     scale = jnp.exp(m - m_next)
@@ -189,19 +205,17 @@ def _chunked_bwd(c, residuals, cotangents):
   h2, w, y, temperature, lse, entropy = residuals
   g_logp, g_entropy = cotangents
   v = w.shape[1]
-  wc = w.astype(h2.dtype)
-  # Transposed once, outside the loop: XLA:CPU's fast bfloat16 kernels need the
-  # contracted (row) axis last on the left operand of dW = h^T dlogits.
-  h2_t = jnp.transpose(h2)  # [D, R]
+  hp = h2.astype(_product_dtype(h2.dtype))
 
   def body(i, carry):
     dh, dw = carry
-    z, w_chunk, cols, new = _chunk_logits(h2, wc, i, c, temperature)
+    z, w_chunk, cols, new = _chunk_logits(hp, w, i, c, temperature)
     p = jnp.exp(z - lse[:, None])
     onehot = (cols[None, :] == y[:, None]).astype(jnp.float32)
     dz = g_logp[:, None] * (onehot - p) - g_entropy[:, None] * p * (z - (lse - entropy)[:, None])
-    dlogits = (dz / temperature).astype(h2.dtype)  # [R, C]
-    dw_chunk = jnp.dot(h2_t, dlogits, preferred_element_type=jnp.float32)  # [D, C]
+    dlogits = (dz / temperature).astype(hp.dtype)  # [R, C]
+    dw_chunk = jax.lax.dot_general(hp, dlogits, (((0,), (0,)), ((), ())),
+                                   preferred_element_type=jnp.float32)  # [D, C]
     dw = jax.lax.dynamic_update_slice_in_dim(dw, _as_bits(dw_chunk.astype(w.dtype)),
                                              _chunk_start(i, c, v), axis=1)
     dlogits_new = jnp.where(new[None, :], dlogits, jnp.zeros((), dlogits.dtype))

@@ -12,7 +12,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: run_benchmarks.sh OUT.jsonl}"
-run() { echo "+ $*" >&2; "$@" 2>>"$OUT.log" | grep '^{' >>"$OUT"; }
+run() { echo "+ $*" >&2; "$@" 2>>"$OUT.log" | grep '^{"' >>"$OUT"; }
 FAKE8="--xla_force_host_platform_device_count=8"
 
 for dtype in float32 bfloat16; do

@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: run_gpu_benchmarks.sh OUT.jsonl}"
 PY="${PYTHON:-python3}"
-run() { echo "+ $*" >&2; "$@" 2>>"$OUT.log" | grep '^{' >>"$OUT"; }
+run() { echo "+ $*" >&2; "$@" 2>>"$OUT.log" | grep '^{"' >>"$OUT"; }
 
 run "$PY" -m experiments.bench_logprobs --max_run_gib=60 --time_budget_tflop=1000000 --repeats=5
 for dtype in float32 bfloat16; do

@@ -100,6 +100,33 @@ class TokenLogprobsTest(parameterized.TestCase):
       lp.token_logprobs(hidden, w.T, targets)
 
 
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("chunk_size", [None, 64])  # one chunk (the loop disappears), four
+def test_bfloat16_gradients_run_on_cpu_and_match_reference(chunk_size, tied):
+  """bfloat16 hidden states, float32 weight (tied: the transposed [V, D] table), gradients
+  for both. These failed at run time on XLA:CPU when the products took bfloat16 operands
+  (a product in a layout only a generic kernel takes, which has no bfloat16 case)."""
+  rng = np.random.default_rng(4)
+  b, t, d, v = 2, 256, 64, 256
+  hidden = jnp.asarray(rng.normal(size=(b, t, d)), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=(d, v)) * 0.2, jnp.float32)
+  weight = w.T if tied else w
+  targets = rng.integers(0, v, (b, t))
+  dh, dweight = jax.jit(jax.grad(lambda h, wt: jnp.sum(lp.token_logprobs(
+      h, wt.T if tied else wt, jnp.asarray(targets), chunk_size=chunk_size)),
+      argnums=(0, 1)))(hidden, weight)
+  dw = dweight.T if tied else dweight
+  assert (dh.dtype, dw.dtype) == (jnp.bfloat16, jnp.float32)
+  h64 = np.asarray(hidden, np.float64)
+  w64 = np.asarray(w.astype(jnp.bfloat16), np.float64)
+  logits = h64 @ w64
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  dz = np.eye(v)[targets] - probs
+  np.testing.assert_allclose(dw, np.einsum("btd,btv->dv", h64, dz), rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(np.asarray(dh, np.float64), dz @ w64.T, rtol=2e-2, atol=2e-2)
+
+
 def test_vocab_chunk_for_bounds_the_block():
   assert lp.vocab_chunk_for(4096, 151936) == lp.DEFAULT_BLOCK_ELEMENTS // 4096  # 2,048 columns
   assert lp.vocab_chunk_for(1, 100) == 100  # never more than V

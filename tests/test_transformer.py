@@ -286,6 +286,23 @@ class MatmulTest(parameterized.TestCase):
     np.testing.assert_allclose(dw, xb.T @ gb, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dx, gb @ wb.T, rtol=1e-5, atol=1e-5)
 
+  @parameterized.parameters(False, True)
+  def test_bfloat16_model_gradients_close_to_float32(self, tied):
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, 64, (3, 11)))
+
+    def grads(dtype):
+      graphdef, params, rest = nnx.split(make_model(dtype=dtype, tie_word_embeddings=tied),
+                                         nnx.Param, ...)
+      def loss(p):
+        logits = nnx.merge(graphdef, p, rest)(ids)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+      return jax.tree.leaves(jax.jit(jax.grad(loss))(params))
+
+    for g16, g32 in zip(grads("bfloat16"), grads("float32")):
+      self.assertEqual(g16.dtype, jnp.float32)  # float32 parameters, float32 gradients
+      scale = float(jnp.max(jnp.abs(g32)))
+      self.assertLess(float(jnp.max(jnp.abs(g16 - g32))), 0.1 * scale + 1e-6)
+
 
 if __name__ == "__main__":
   pytest.main([__file__])
