@@ -86,9 +86,9 @@ def token_logprobs(hidden: Array, unembedding: Array, targets: Array, *, tempera
   then dW[:, chunk] = h^T dlogits (written once per column, float32 accumulation over all
   rows) and dh += dlogits W[:, chunk]^T (a float32 carry). Neither pass holds more than a
   few [B*T, C] float32 blocks; nothing of size [B, T, V] and no float32 copy of W exists.
-  The products take their operands in hidden's dtype (each chunk of W is cast to it;
-  float32 on CPU, see `_product_dtype`) and accumulate in float32; the weight gradient
-  comes back in W's dtype. Temperature is not differentiated.
+  The products take their operands in hidden's dtype (each chunk of W is cast to it) and
+  accumulate in float32; the weight gradient comes back in W's dtype. Temperature is not
+  differentiated.
 
   Args:
     hidden: [B, T, D] final-normed hidden states; hidden[:, t] predicts targets[:, t].
@@ -145,18 +145,6 @@ def _from_bits(x, dtype):
   return jax.lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x
 
 
-def _product_dtype(dtype):
-  """The operand dtype of the matrix products: `dtype`, except float32 on CPU.
-
-  XLA:CPU has fast bfloat16 x bfloat16 -> float32 kernels only for a row-major left operand
-  contracted on its last axis; its rewrites (a transposed unembedding, a folded transpose of
-  a product) can hand other bfloat16 products to a generic kernel that has no such case and
-  fails at run time. CPU runs are not where bfloat16 pays off, so the products run in
-  float32 there.
-  """
-  return jnp.float32 if jax.default_backend() == "cpu" else dtype
-
-
 def _chunk_logits(h2, w, i, c, temperature):
   """Logits z [R, C] of chunk i (h2 already in the product dtype), the chunk of w in that
   dtype [D, C], the chunk's columns and which of them no earlier chunk had."""
@@ -177,11 +165,10 @@ def _chunked_logprobs(h2, w, y, temperature, c):
 
 def _chunked_fwd(h2, w, y, temperature, c):
   r, v = h2.shape[0], w.shape[1]
-  hp = h2.astype(_product_dtype(h2.dtype))
 
   def body(i, carry):
     m, s, u, target = carry
-    z, _, cols, new = _chunk_logits(hp, w, i, c, temperature)
+    z, _, cols, new = _chunk_logits(h2, w, i, c, temperature)
     z_new = jnp.where(new[None, :], z, -jnp.inf)  # overlapping columns count once
     m_next = jnp.maximum(m, jnp.max(z_new, axis=1))
     scale = jnp.exp(m - m_next)
@@ -205,16 +192,20 @@ def _chunked_bwd(c, residuals, cotangents):
   h2, w, y, temperature, lse, entropy = residuals
   g_logp, g_entropy = cotangents
   v = w.shape[1]
-  hp = h2.astype(_product_dtype(h2.dtype))
 
   def body(i, carry):
     dh, dw = carry
-    z, w_chunk, cols, new = _chunk_logits(hp, w, i, c, temperature)
+    z, w_chunk, cols, new = _chunk_logits(h2, w, i, c, temperature)
     p = jnp.exp(z - lse[:, None])
     onehot = (cols[None, :] == y[:, None]).astype(jnp.float32)
     dz = g_logp[:, None] * (onehot - p) - g_entropy[:, None] * p * (z - (lse - entropy)[:, None])
-    dlogits = (dz / temperature).astype(hp.dtype)  # [R, C]
-    dw_chunk = jax.lax.dot_general(hp, dlogits, (((0,), (0,)), ((), ())),
+    dlogits = (dz / temperature).astype(h2.dtype)  # [R, C]
+    # h^T dlogits contracts the rows, the leading axis of both operands. Written so rather
+    # than as a product with a transposed operand: XLA:CPU's fast bfloat16 kernels take
+    # neither form, and this one it computes in float32 instead, while a transposed
+    # operand folded into the product late can reach a kernel with no bfloat16 case at all
+    # (a run-time error; tests/test_logprobs.py covers tied and untied weights).
+    dw_chunk = jax.lax.dot_general(h2, dlogits, (((0,), (0,)), ((), ())),
                                    preferred_element_type=jnp.float32)  # [D, C]
     dw = jax.lax.dynamic_update_slice_in_dim(dw, _as_bits(dw_chunk.astype(w.dtype)),
                                              _chunk_start(i, c, v), axis=1)
