@@ -9,7 +9,7 @@ the warm-up teaches the systematic slip, GRPO unlearns it.
     python -m experiments.train --config=configs/grpo_arithmetic.py --workdir=/tmp/grpo_arithmetic
 
 Variants (`--config=configs/grpo_arithmetic.py:VARIANT`):
-  (none)  the full default run, about 4 minutes on 2 CPU cores.
+  (none)  the full default run, about 3.5 minutes on 2 CPU cores.
   tiny    a few steps of each stage, for tests and smoke runs (under a minute).
 """
 from ml_collections import config_dict

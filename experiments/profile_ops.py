@@ -3,7 +3,9 @@
     python -m experiments.profile_ops --model=tiny --vocab_size=1024 --dtype=bfloat16
     python -m experiments.profile_ops --part=sample --top=10 --trace_dir=/tmp/trace
 
-Traces one call of each part of the step of experiments/bench.py (same shapes): `sample`
+Traces one call of each part of the step of experiments/bench.py (same flags for the
+shape: --model, --vocab_size, --prompts, --group_size, --prompt_length,
+--completion_length, --dtype; its other flags are not used here): `sample`
 (prefill + decode loop of the sampler) and `update` (forward + backward + optimizer step of
 the GRPO loss), after a warm-up call. The trace's events on XLA's worker threads are
 grouped by operation kind (the HLO name without its numeric suffix: `ynn_fusion` for
@@ -32,6 +34,7 @@ from flax import nnx
 from jax.profiler import ProfileData
 
 import objectives  # noqa: F401  (registers the objectives)
+from experiments import bench  # the step's shape flags: --model, --vocab_size, --prompts, ...
 from jaxrl_reward import logprobs as logprobs_lib
 from jaxrl_reward import optim
 from jaxrl_reward import sampling
@@ -39,12 +42,6 @@ from jaxrl_reward import update as update_lib
 from models import transformer
 from objectives import registry
 
-_MODEL = flags.DEFINE_string("model", "tiny", "Model size in models.transformer.get_config.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 1024, "Vocabulary size.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Rows (prompts x group size).")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_length", 32, "Prompt tokens.")
-_COMPLETION_LEN = flags.DEFINE_integer("completion_length", 64, "Completion tokens.")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype.")
 _PART = flags.DEFINE_list("part", ["sample", "update"], "Parts of the step to trace.")
 _TOP = flags.DEFINE_integer("top", 12, "Operation kinds and single operations to list.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "/tmp/jaxrl_reward_trace", "Where traces are written.")
@@ -94,11 +91,13 @@ def traced(fn, next_args, *, trace_dir: str) -> float:
 
 def main(argv):
   del argv
-  cfg = transformer.get_config(_MODEL.value, vocab_size=_VOCAB.value, dtype=_DTYPE.value)
+  cfg = transformer.get_config(bench._MODEL.value, vocab_size=bench._VOCAB.value,
+                               dtype=bench._DTYPE.value)
   graphdef, params, rest = nnx.split(transformer.Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-  b, p, n = _BATCH.value, _PROMPT_LEN.value, _COMPLETION_LEN.value
+  b = bench._PROMPTS.value * bench._GROUP.value
+  p, n = bench._PROMPT_LEN.value, bench._COMPLETION_LEN.value
   rng = np.random.default_rng(0)
-  prompt_ids = jnp.asarray(rng.integers(1, _VOCAB.value, (b, p)), jnp.int32)
+  prompt_ids = jnp.asarray(rng.integers(1, bench._VOCAB.value, (b, p)), jnp.int32)
   prompt_mask = jnp.ones_like(prompt_ids)
   sampler = sampling.make_sampler(graphdef, max_new_tokens=n, temperature=1.0, eos_id=None)
   out = sampler(params, prompt_ids, prompt_mask, jax.random.PRNGKey(0))
@@ -125,7 +124,8 @@ def main(argv):
     fn, next_args = parts[part]
     trace_dir = f"{_TRACE_DIR.value}/{part}"
     wall = traced(fn, next_args, trace_dir=trace_dir)
-    print(json.dumps({"case": "profile", "part": part, "model": _MODEL.value, "dtype": _DTYPE.value,
+    print(json.dumps({"case": "profile", "part": part, "model": bench._MODEL.value,
+                      "dtype": bench._DTYPE.value,
                       "batch": b, "prompt_length": p, "completion_length": n,
                       "wall_s": round(wall, 4), **summarise_trace(trace_dir, _TOP.value),
                       "device": jax.devices()[0].device_kind, "jax": jax.__version__}))
