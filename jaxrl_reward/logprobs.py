@@ -146,8 +146,8 @@ def _from_bits(x, dtype):
 
 
 def _chunk_logits(h2, w, i, c, temperature):
-  """Logits z [R, C] of chunk i (h2 already in the product dtype), the chunk of w in that
-  dtype [D, C], the chunk's columns and which of them no earlier chunk had."""
+  """Logits z [R, C] of chunk i, the chunk of w cast to h2's dtype [D, C], the chunk's
+  columns, and which of them no earlier chunk had."""
   v = w.shape[1]
   start = _chunk_start(i, c, v)
   w_chunk = _from_bits(jax.lax.dynamic_slice_in_dim(_as_bits(w), start, c, axis=1), w.dtype)
