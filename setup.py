@@ -9,6 +9,8 @@ setup(
     packages=[
         "jaxrl_reward",
         "jaxrl_reward.data",
+        "jaxrl_reward.policies",
+        "jaxrl_reward.stages",
         "jaxrl_reward.rewards",
         "models",
         "objectives",

@@ -1,7 +1,16 @@
-"""Shared defaults of the GRPO experiment configs: every key the trainer reads.
+"""Shared defaults of the language-model experiment configs: every key the engine reads.
 
 An experiment config starts from `grpo_config()`, adds its `task` block and overrides what
-differs (see configs/grpo_arithmetic.py, configs/grpo_smollm2.py).
+differs (see configs/grpo_arithmetic.py, configs/grpo_smollm2.py, configs/implicit_prm.py).
+
+Open blocks: `objective.options`, `advantage.options`, `rewards.options` and `roles` start
+empty and take any key from the command line; the engine checks them when the run starts
+against what the selected objective, estimator, reward or role accepts. Selecting an
+objective by name brings its own defaults, so
+
+    --config.objective.name=prdp --config.objective.options.clip_eps=1e-4
+
+needs no other change (`objectives.registry.defaults("prdp")` lists them).
 """
 from ml_collections import config_dict
 
@@ -11,6 +20,9 @@ def grpo_config() -> config_dict.ConfigDict:
   left to the experiment."""
   c = config_dict.ConfigDict()
   c.seed = 0
+  # The stages run in order over one step counter (jaxrl_reward/stages): supervised warm-up
+  # (`warmup`), then RL (`rollout`, `rewards`, `advantage`, `objective`, `train`, `optim`).
+  c.stages = ("sft", "rl")
 
   c.model = config_dict.ConfigDict()
   c.model.name = "mini"  # a size in models.transformer.get_config
@@ -32,27 +44,30 @@ def grpo_config() -> config_dict.ConfigDict:
   c.rewards = config_dict.ConfigDict()
   c.rewards.names = ("arithmetic_correctness",)
   c.rewards.weights = (1.0,)
-  c.rewards.eval_name = "arithmetic_correctness"
+  c.rewards.eval_name = "arithmetic_correctness"  # the verifier: held-out accuracy, reward-model labels
+  c.rewards.options = config_dict.ConfigDict()  # per in-jit reward: {name: {option: value}}
 
   c.advantage = config_dict.ConfigDict()
-  c.advantage.estimator = "group"  # group | rloo
-  c.advantage.scale_rewards = "group"  # group | batch | none
+  c.advantage.estimator = "group"  # any of objectives.estimators.names()
+  c.advantage.options = config_dict.ConfigDict()  # the estimator's options (group: scale_rewards, eps)
 
   c.objective = config_dict.ConfigDict()
-  c.objective.name = "grpo"
+  c.objective.name = "grpo"  # registry defaults: DAPO token-mean, clip 0.2 / 0.28, no KL
   c.objective.options = config_dict.ConfigDict()
-  c.objective.options.loss_type = "dapo"
-  c.objective.options.epsilon = 0.2
-  c.objective.options.epsilon_high = 0.28
-  c.objective.options.beta = 0.0
-  c.objective.options.kl_estimator = "k3"
-  c.objective.options.importance_sampling_level = "token"
+
+  # Further models by name (jaxrl_reward/state.py): e.g. a process reward model updated online,
+  #   c.roles.prm = dict(kind="lm", init="policy", trainable=True, objective="implicit_prm_ce", lr=1e-6)
+  c.roles = config_dict.ConfigDict()
 
   c.train = config_dict.ConfigDict()
   c.train.steps = 200  # GRPO steps after the warm-up
   c.train.num_iterations = 1  # mu: passes over each rollout batch
   c.train.num_minibatches = 1  # optimizer steps per pass
   c.train.grad_accum_steps = 1  # micro-batches per optimizer step
+  # Old log-probs of the ratio: "sampler" (the sampler's), "recompute" (teacher-forced under
+  # the rollout parameters) or "auto" (recompute in bfloat16, where the two differ).
+  c.train.old_logp = "auto"
+  c.train.tis_cap = 0.0  # > 0: truncated importance weight min(pi_learner / pi_sampler, cap) (recompute)
 
   c.optim = config_dict.ConfigDict()
   c.optim.lr = 1e-5
@@ -64,7 +79,7 @@ def grpo_config() -> config_dict.ConfigDict:
   c.optim.max_grad_norm = 1.0
 
   c.eval = config_dict.ConfigDict()
-  c.eval.every = 50  # GRPO steps between held-out evaluations
+  c.eval.every = 50  # RL steps between held-out evaluations
   c.eval.batch_size = 128
 
   # Device mesh and logical-axis rules (jaxrl_reward/sharding.py). -1: the remaining devices.

@@ -24,13 +24,13 @@ from absl import flags
 from flax import nnx
 
 import objectives  # noqa: F401  (registers the objectives)
+from jaxrl_reward import learner
 from jaxrl_reward import logprobs as logprobs_lib
 from jaxrl_reward import optim
 from jaxrl_reward import provenance
-from jaxrl_reward import sampling
 from jaxrl_reward import sharding
-from jaxrl_reward import update as update_lib
-from objectives import advantages as advantages_lib
+from jaxrl_reward.policies import lm
+from objectives import estimators
 from objectives import registry
 from models import transformer
 
@@ -65,64 +65,68 @@ def _timed(fn, *args):
   return out, time.perf_counter() - start
 
 
-def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_length, completion_length,
-                    dtype, repeats, mesh_axes=None) -> dict:
+class _NoEos:
+  """Token ids of a benchmark without a tokenizer: no EOS, so every completion is full length."""
+  eos_token_id = None
+  pad_token_id = 0
+
+
+def grpo_step_parts(model_name, *, vocab_size, prompts, group_size, prompt_length, completion_length,
+                    dtype, mesh_axes=None):
+  """The engine's pieces of one GRPO step on random prompts: (policy, params, opt_state,
+  conditions, score, update), where `score(rollout)` adds a cheap stand-in reward and
+  group advantages and `update` is the learner step of the registered "grpo" objective."""
   cfg = transformer.get_config(model_name, vocab_size=vocab_size, dtype=dtype)
-  model = transformer.Transformer(cfg, rngs=nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
-  batch = prompts * group_size
+  graphdef, abstract, _ = nnx.split(nnx.eval_shape(lambda: transformer.Transformer(cfg, rngs=nnx.Rngs(0))),
+                                    nnx.Param, ...)
+  mesh = sharding.make_mesh(mesh_axes) if mesh_axes else sharding.make_mesh((("data", 1),), jax.devices()[:1])
   optimizer = optim.make_optimizer(1e-5, total_steps=1000)
-  placement = None
-  if mesh_axes:
-    mesh = sharding.make_mesh(mesh_axes)
-    placement = sharding.placement_for(params, mesh, sharding.merge_rules(())).with_optimizer(optimizer, params)
-    params = jax.device_put(params, placement.params)
-  sampler = sampling.make_sampler(graphdef, max_new_tokens=completion_length, temperature=1.0, eos_id=None,
-                                  pad_id=0, placement=placement)
-  objective = registry.get("grpo")
-
-  def loss_fn(m, mb):
-    logp = logprobs_lib.completion_logprobs(m, mb["prompt_ids"], mb["prompt_mask"], mb["completion_ids"],
-                                            mb["mask"])
-    return objective(logp, mb, loss_type="dapo")
-
-  if placement is None:
-    opt_state = optimizer.init(params)
-  else:
-    opt_state = jax.jit(optimizer.init, out_shardings=placement.opt_state)(params)
-  step = update_lib.make_update_step(loss_fn, graphdef, rest, optimizer, placement=placement)
+  placement = sharding.placement_for(abstract, mesh, sharding.merge_rules(())).with_optimizer(optimizer, abstract)
+  params = jax.jit(lambda: nnx.split(transformer.Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)[1],
+                   out_shardings=placement.params)()
+  opt_state = jax.jit(optimizer.init, out_shardings=placement.opt_state)(params)
+  policy = lm.LanguageModel(graphdef, placement, _NoEos(), max_prompt_length=prompt_length,
+                            max_new_tokens=completion_length)
+  batch = prompts * group_size
   rng = np.random.default_rng(0)
-  prompt_ids = jnp.asarray(rng.integers(1, vocab_size, (batch, prompt_length)), jnp.int32)
-  prompt_mask = jnp.ones_like(prompt_ids)
+  conditions = sharding.to_global({
+      "prompt_ids": rng.integers(1, vocab_size, (batch, prompt_length)).astype(np.int32),
+      "prompt_mask": np.ones((batch, prompt_length), np.int32),
+      "group_ids": np.repeat(np.arange(prompts), group_size).astype(np.int32)}, mesh, placement.rules, batch)
 
   @jax.jit
-  def score(tokens):
-    rewards = jnp.mean(tokens % 2, axis=-1).astype(jnp.float32)  # a cheap stand-in reward
-    return rewards, advantages_lib.group_advantages(rewards, group_size=group_size)
+  def score(rollout):
+    rewards = jnp.mean(rollout.actions % 2, axis=-1).astype(jnp.float32)  # a cheap stand-in reward
+    rollout = rollout.update(rewards=rewards, outcome_rewards=rewards)
+    return rollout.update(advantages=estimators.compute("group", rollout, group_size=group_size))
+
+  loss = learner.objective_loss(policy, registry.get("grpo"), registry.resolve_options("grpo"))
+  update = learner.make_update(loss, optimizer, placement, group_size=group_size)
+  return policy, params, opt_state, conditions, score, update
+
+
+def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_length, completion_length,
+                    dtype, repeats, mesh_axes=None) -> dict:
+  policy, params, opt_state, conditions, score, update = grpo_step_parts(
+      model_name, vocab_size=vocab_size, prompts=prompts, group_size=group_size, prompt_length=prompt_length,
+      completion_length=completion_length, dtype=dtype, mesh_axes=mesh_axes)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  batch = prompts * group_size
 
   def whole_step(params, opt_state, key):
-    out = sampler(params, prompt_ids, prompt_mask, key)
-    rewards, adv = score(out.tokens)
-    mb = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": out.tokens,
-          "mask": out.mask.astype(jnp.float32), "old_logp": out.logprobs, "advantages": adv,
-          "rewards": rewards}
-    return step(params, opt_state, mb)
+    return update(params, opt_state, score(policy.sample(params, conditions, key)))
 
   key = jax.random.PRNGKey(0)
-  out, t_sample_first = _timed(sampler, params, prompt_ids, prompt_mask, key)
-  mb = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": out.tokens,
-        "mask": out.mask.astype(jnp.float32), "old_logp": out.logprobs,
-        "advantages": jnp.ones((batch,), jnp.float32), "rewards": jnp.ones((batch,), jnp.float32)}
-  (params, opt_state, _), t_update_first = _timed(step, params, opt_state, mb)
-  jax.block_until_ready(score(out.tokens))
+  rollout, t_sample_first = _timed(policy.sample, params, conditions, key)
+  rollout = jax.block_until_ready(score(rollout))
+  (params, opt_state, _), t_update_first = _timed(update, params, opt_state, rollout)
   sample_times, update_times, whole_times = [], [], []
   for i in range(repeats):
     k = jax.random.fold_in(key, i + 1)
-    out, t = _timed(sampler, params, prompt_ids, prompt_mask, k)
+    rollout, t = _timed(policy.sample, params, conditions, k)
     sample_times.append(t)
-    mb = {**mb, "completion_ids": out.tokens, "old_logp": out.logprobs}
-    (params, opt_state, _), t = _timed(step, params, opt_state, mb)
+    rollout = jax.block_until_ready(score(rollout))
+    (params, opt_state, _), t = _timed(update, params, opt_state, rollout)
     update_times.append(t)
     (params, opt_state, _), t = _timed(whole_step, params, opt_state, k)
     whole_times.append(t)
@@ -138,7 +142,7 @@ def bench_grpo_step(model_name, *, vocab_size, prompts, group_size, prompt_lengt
       # Model FLOPs of the update (forward + backward = 6 N per token over prompt + completion).
       "update_tflops_per_s": round(6 * n_params * batch * (prompt_length + completion_length) / t_update / 1e12, 3),
       "compile_s": round(t_sample_first - t_sample + t_update_first - t_update, 2),
-      "mesh": dict(placement.mesh.shape) if placement else None,
+      "mesh": dict(policy.placement.mesh.shape) if mesh_axes else None,
       # Parameters + optimizer state held by one device.
       "state_MB_per_device": round(sharding.per_device_bytes((params, opt_state)) / 2**20, 2),
       "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),

@@ -7,8 +7,9 @@
 The problems are the first `--num` of the config's held-out split (`task.num_eval` is set
 to `--num`; the split depends on the seed, the dataset and `task.num_train`, so with the
 variant a run used and `--num` equal to its `task.num_eval` these are the run's eval
-problems). Decoding is greedy with the trainer's sampler, up to
-`task.max_completion_length` tokens; scores are the config's `rewards.eval_name` reward.
+problems). Decoding is greedy with the policy's sampler (`jaxrl_reward.evaluation`, as the
+training run's evaluation), up to `task.max_completion_length` tokens; scores are the
+config's `rewards.eval_name` reward.
 
 Prints one JSON line: `accuracy` (mean score, the trainer's `eval/accuracy_greedy`),
 `exact` (fraction scoring 1), `answer_tags` (fraction with an <answer>...</answer> pair),
@@ -17,9 +18,7 @@ the mean completion length, and the compile and run times (s); then `--show` exa
 from __future__ import annotations
 
 import json
-import pathlib
 import re
-import tempfile
 import time
 
 import jax
@@ -28,8 +27,12 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from jaxrl_reward import config_cli
+from jaxrl_reward import evaluation
+from jaxrl_reward import experiment as experiment_lib
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
-                                          lock_config=False)
+                                          lock_config=False, accept_new_attributes=True)
 _NUM = flags.DEFINE_integer("num", 100, "Held-out problems to evaluate.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "A run directory: evaluate its latest checkpoint "
                                "(default: the config's initial parameters).")
@@ -40,72 +43,43 @@ flags.mark_flags_as_required(["config"])
 _TAGS = re.compile(r"<answer>.*?</answer>", re.DOTALL)
 
 
-def load_params(trainer, workdir: str):
-  """The policy parameters of `workdir`'s latest checkpoint, and its step."""
-  from jaxrl_reward import checkpoint as checkpoint_lib  # noqa: PLC0415
-
-  with checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints") as ckpt:
-    step = ckpt.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-    state, _ = ckpt.restore(trainer._abstract_state(step), step=step)  # noqa: SLF001
-  return state["params"], step
-
-
-def greedy_scores(trainer, params, examples: list[dict], batch_size: int):
+def greedy_scores(experiment, params, examples: list[dict], batch_size: int):
   """(scores [n], completions, lengths [n], compile_s, run_s) of greedy decoding on `examples`.
 
-  `lengths` counts each completion's tokens up to and including its EOS.
+  `lengths` counts each completion's tokens up to and including its EOS. Compile time is
+  the first batch's time minus a second call's on the same batch.
   """
-  from jaxrl_reward.data import batching  # noqa: PLC0415
-  from jaxrl_reward.trainer import _columns  # noqa: PLC0415
-
-  cfg = trainer.config
-  n = len(examples)
-  padded = examples + [examples[-1]] * (-n % batch_size)
   key = jax.random.PRNGKey(0)
-  scores, completions, lengths = [], [], []
-  compile_s = run_s = 0.0
-  for start in range(0, len(padded), batch_size):
-    chunk = padded[start:start + batch_size]
-    prompts = [e["prompt"] for e in chunk]
-    ids, mask = batching.encode_prompts(trainer.tokenizer, prompts, max_length=cfg.task.max_prompt_length,
-                                        padding_side="left")
-    if start == 0:  # the first call compiles: time a second call on the same batch
-      t0 = time.perf_counter()
-      jax.block_until_ready(trainer.greedy_sampler(params, ids, mask, key))
-      compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = jax.device_get(trainer.greedy_sampler(params, ids, mask, key))
-    run_s += time.perf_counter() - t0
-    if start == 0:
-      compile_s -= run_s
-    texts = batching.decode_completions(trainer.tokenizer, np.asarray(out.tokens), np.asarray(out.mask))
-    r = trainer.eval_reward(prompts, texts, **_columns(chunk))
-    scores.extend(0.0 if v is None else float(v) for v in r)
-    completions.extend(texts)
-    lengths.extend(np.asarray(out.mask).sum(-1).tolist())
-  return np.asarray(scores[:n]), completions[:n], np.asarray(lengths[:n]), compile_s, run_s
+  first = examples[:batch_size]
+  t0 = time.perf_counter()
+  evaluation.decode_and_score(experiment.context, params, first, key, greedy=True, batch_size=batch_size)
+  first_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  evaluation.decode_and_score(experiment.context, params, first, key, greedy=True, batch_size=batch_size)
+  compile_s = first_s - (time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  result = evaluation.decode_and_score(experiment.context, params, examples, key, greedy=True,
+                                       batch_size=batch_size)
+  return result.scores, result.completions, result.lengths, compile_s, time.perf_counter() - t0
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from jaxrl_reward import trainer as trainer_lib  # noqa: PLC0415  (after flag parsing)
-
   config = _CONFIG.value
   config.task.num_eval = _NUM.value
+  config.lock()
   t0 = time.perf_counter()
-  with tempfile.TemporaryDirectory() as scratch:  # the Trainer wants a workdir; nothing is written
-    trainer = trainer_lib.Trainer(config, scratch)
+  experiment = experiment_lib.Experiment(config)
   if _WORKDIR.value:
-    params, step = load_params(trainer, _WORKDIR.value)
+    state, step = experiment.restore(_WORKDIR.value)
+    params = state["policy"]["params"]
   else:
-    params, step = trainer.c.init_params(), 0
+    params, step = experiment.roles.create("policy", {}), 0
   setup_s = time.perf_counter() - t0
-  examples = trainer.c.task.eval
+  examples = experiment.context.task.eval
   scores, completions, lengths, compile_s, run_s = greedy_scores(
-      trainer, params, examples, _BATCH.value or config.eval.batch_size)
+      experiment, params, examples, _BATCH.value or config.eval.batch_size)
   result = {
       "workdir": _WORKDIR.value or None, "step": step, "num": len(examples),
       "dataset": config.task.get("dataset", config.task.name),
@@ -123,4 +97,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  config_cli.check_argv()
   app.run(main)

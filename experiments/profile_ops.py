@@ -27,20 +27,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app
 from absl import flags
-from flax import nnx
 from jax.profiler import ProfileData
 
 import objectives  # noqa: F401  (registers the objectives)
-from experiments import bench  # the step's shape flags: --model, --vocab_size, --prompts, ...
-from jaxrl_reward import logprobs as logprobs_lib
-from jaxrl_reward import optim
-from jaxrl_reward import sampling
-from jaxrl_reward import update as update_lib
-from models import transformer
-from objectives import registry
+from experiments import bench  # the step's shape flags and pieces: --model, --vocab_size, --prompts, ...
 
 _PART = flags.DEFINE_list("part", ["sample", "update"], "Parts of the step to trace.")
 _TOP = flags.DEFINE_integer("top", 12, "Operation kinds and single operations to list.")
@@ -91,33 +83,16 @@ def traced(fn, next_args, *, trace_dir: str) -> float:
 
 def main(argv):
   del argv
-  cfg = transformer.get_config(bench._MODEL.value, vocab_size=bench._VOCAB.value,
-                               dtype=bench._DTYPE.value)
-  graphdef, params, rest = nnx.split(transformer.Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
   b = bench._PROMPTS.value * bench._GROUP.value
   p, n = bench._PROMPT_LEN.value, bench._COMPLETION_LEN.value
-  rng = np.random.default_rng(0)
-  prompt_ids = jnp.asarray(rng.integers(1, bench._VOCAB.value, (b, p)), jnp.int32)
-  prompt_mask = jnp.ones_like(prompt_ids)
-  sampler = sampling.make_sampler(graphdef, max_new_tokens=n, temperature=1.0, eos_id=None)
-  out = sampler(params, prompt_ids, prompt_mask, jax.random.PRNGKey(0))
-  objective = registry.get("grpo")
-
-  def loss_fn(m, mb):
-    logp = logprobs_lib.completion_logprobs(m, mb["prompt_ids"], mb["prompt_mask"],
-                                            mb["completion_ids"], mb["mask"])
-    return objective(logp, mb, loss_type="dapo")
-
-  optimizer = optim.make_optimizer(1e-5, total_steps=1000)
-  step = update_lib.make_update_step(loss_fn, graphdef, rest, optimizer)
-  mb = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": out.tokens,
-        "mask": out.mask.astype(jnp.float32), "old_logp": out.logprobs,
-        "advantages": jnp.asarray(rng.normal(size=(b,)), jnp.float32),
-        "rewards": jnp.ones((b,), jnp.float32)}
+  policy, params, opt_state, conditions, score, update = bench.grpo_step_parts(
+      bench._MODEL.value, vocab_size=bench._VOCAB.value, prompts=bench._PROMPTS.value,
+      group_size=bench._GROUP.value, prompt_length=p, completion_length=n, dtype=bench._DTYPE.value)
+  rollout = score(policy.sample(params, conditions, jax.random.PRNGKey(0)))
   # The update step donates params and optimizer state: each call gets its own copies.
-  copy = lambda tree: jax.tree.map(jnp.copy, tree)
-  parts = {"sample": (sampler, lambda: (params, prompt_ids, prompt_mask, jax.random.PRNGKey(1))),
-           "update": (step, lambda: (copy(params), optimizer.init(params), mb))}
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
+  parts = {"sample": (policy.sample, lambda: (params, conditions, jax.random.PRNGKey(1))),
+           "update": (update, lambda: (copy(params), copy(opt_state), rollout))}
   for part in _PART.value:
     if part not in parts:
       raise ValueError(f"--part: unknown part {part!r}; expected some of {sorted(parts)}")

@@ -1,10 +1,13 @@
-"""Trains a policy from an ml_collections config.
+"""Trains from an ml_collections config: the stages it names, resuming from the workdir.
 
     python -m experiments.train --config=configs/grpo_arithmetic.py[:VARIANT] --workdir=DIR \\
-        [--config.optim.lr=3e-5 ...]
+        [--config.optim.lr=3e-5 --config.objective.name=prdp --config.objective.options.clip_eps=1e-4 ...]
 
-The config is locked: overriding a key that does not exist is an error. Running again on
-the same workdir resumes from its last checkpoint.
+A key that is not in the config file is an error (one line, before anything is built),
+except inside the open blocks `objective.options`, `advantage.options`, `rewards.options`
+and `roles`, whose keys are checked against the selected objective, estimator and rewards
+when the run starts (before the first step). Running again on the same workdir resumes
+from its last checkpoint.
 
 Several processes (TPU pod slices, multi-node GPU) run the same command on every host;
 `jax.distributed` is initialised from the environment (see README, "Scale out"):
@@ -16,10 +19,12 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
+from ml_collections.config_flags import config_flags
+
+from jaxrl_reward import config_cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
-                                          lock_config=True)
+                                          lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, metrics, checkpoints and plots.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -29,13 +34,16 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax) would drown the progress bar
-  from jaxrl_reward import sharding  # after flag parsing: keeps --help fast
-  from jaxrl_reward import trainer
+  from jaxrl_reward import experiment  # after flag parsing: keeps --help fast
+  from jaxrl_reward import sharding
 
+  config = _CONFIG.value
+  config.lock()
   sharding.maybe_initialize_distributed()  # before anything touches the devices
-  result = trainer.train(_CONFIG.value, _WORKDIR.value)
+  result = experiment.train(config, _WORKDIR.value)
   print(result["table"])
 
 
 if __name__ == "__main__":
+  config_cli.check_argv()
   app.run(main)

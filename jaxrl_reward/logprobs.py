@@ -244,26 +244,20 @@ def left_align(ids: Array, mask: Array) -> tuple[Array, Array]:
   return (jnp.take_along_axis(ids, src, axis=1), jnp.take_along_axis(mask, src, axis=1))
 
 
-def completion_logprobs(model, prompt_ids: Array, prompt_mask: Array, completion_ids: Array,
-                        completion_mask: Array, *, temperature=1.0, chunk_size: int | None = None,
-                        return_entropy: bool = False):
-  """Teacher-forced log-probs of completion tokens given their prompts.
+def completion_hidden(model, prompt_ids: Array, prompt_mask: Array, completion_ids: Array,
+                      completion_mask: Array) -> Array:
+  """Final hidden states that predict each completion token: `[B, N, D]`.
 
   One forward pass over concat(prompt, completion) with `return_hidden=True`; the hidden
-  state at position P-1+n predicts completion token n. Prompts may be left- or
-  right-padded: each row is first left-aligned (`left_align`), and RoPE positions come from
-  the mask, so the result equals the log-probs reported by `sampling.sample`.
+  state at position P-1+n predicts completion token n (and is the state of the prefix
+  before it, which a value head reads). Prompts may be left- or right-padded: each row is
+  first left-aligned (`left_align`), and RoPE positions come from the mask.
 
   Args:
     model: a `models.transformer.Transformer` (or any module with the same
-      `__call__(ids, mask, return_hidden=True)` and `unembedding()`).
+      `__call__(ids, mask, return_hidden=True)`).
     prompt_ids, prompt_mask: [B, P].
     completion_ids, completion_mask: [B, N]; completion_mask is 1 up to and including EOS.
-    temperature: > 0; log-probs of softmax(logits / temperature).
-    chunk_size: see `token_logprobs`.
-    return_entropy: also return the per-token entropy [B, N].
-  Returns:
-    [B, N] float32 log-probs, 0 where completion_mask == 0 (and the entropy if asked).
   """
   if prompt_ids.shape != prompt_mask.shape or completion_ids.shape != completion_mask.shape:
     raise ValueError(
@@ -277,7 +271,29 @@ def completion_logprobs(model, prompt_ids: Array, prompt_mask: Array, completion
   mask = jnp.concatenate([prompt_mask.astype(jnp.int32), completion_mask.astype(jnp.int32)],
                          axis=1)
   hidden = model(ids, mask, return_hidden=True)  # [B, P+N, D]
-  hidden = hidden[:, p - 1:p + n - 1]  # [B, N, D]
+  return hidden[:, p - 1:p + n - 1]  # [B, N, D]
+
+
+def completion_logprobs(model, prompt_ids: Array, prompt_mask: Array, completion_ids: Array,
+                        completion_mask: Array, *, temperature=1.0, chunk_size: int | None = None,
+                        return_entropy: bool = False):
+  """Teacher-forced log-probs of completion tokens given their prompts.
+
+  The hidden states of `completion_hidden` through the lean vocabulary-chunked
+  `token_logprobs`, so the result equals the log-probs reported by `sampling.sample`.
+
+  Args:
+    model: a `models.transformer.Transformer` (or any module with the same
+      `__call__(ids, mask, return_hidden=True)` and `unembedding()`).
+    prompt_ids, prompt_mask: [B, P].
+    completion_ids, completion_mask: [B, N]; completion_mask is 1 up to and including EOS.
+    temperature: > 0; log-probs of softmax(logits / temperature).
+    chunk_size: see `token_logprobs`.
+    return_entropy: also return the per-token entropy [B, N].
+  Returns:
+    [B, N] float32 log-probs, 0 where completion_mask == 0 (and the entropy if asked).
+  """
+  hidden = completion_hidden(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
   return token_logprobs(hidden, model.unembedding(), completion_ids, temperature=temperature,
                         chunk_size=chunk_size, return_entropy=return_entropy,
                         mask=completion_mask)

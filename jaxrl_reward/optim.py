@@ -42,3 +42,12 @@ def make_optimizer(
     parts.append(optax.clip_by_global_norm(max_grad_norm))
   parts.append(optax.adamw(sched, b1=b1, b2=b2, weight_decay=weight_decay))
   return optax.chain(*parts)
+
+
+def from_config(optim_config, lr: float, *, total_steps: int, warmup_steps: int, schedule: str
+                ) -> optax.GradientTransformation:
+  """`make_optimizer` with the run's shared settings (`config.optim`: weight decay, Adam betas,
+  clipping) and the given rate and schedule."""
+  return make_optimizer(lr, total_steps=max(int(total_steps), 1), warmup_steps=int(warmup_steps),
+                        schedule=schedule, weight_decay=optim_config.weight_decay, b1=optim_config.b1,
+                        b2=optim_config.b2, max_grad_norm=optim_config.max_grad_norm)

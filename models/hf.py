@@ -403,7 +403,7 @@ def load(path: str | os.PathLike, *, dtype=None, mesh=None, rules=None,
       and its shards).
     dtype: compute dtype, "float32" (default) or "bfloat16".
     mesh: optional `jax.sharding.Mesh`; each parameter is placed in the NamedSharding that
-      its logical axes get under `rules` (`jaxrl_reward.sharding.param_shardings`).
+      its logical axes get under `rules` (`models.partitioning.param_shardings`).
       Without a mesh: single-device arrays on the default device.
     rules: logical-axis rules (default `sharding.merge_rules(())`); only with `mesh`.
     param_dtype: parameter storage dtype, default "float32".
@@ -421,7 +421,7 @@ def load(path: str | os.PathLike, *, dtype=None, mesh=None, rules=None,
     raise NotImplementedError("load: the model has non-Param state, which HF checkpoints lack")
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   if mesh is not None:
-    from jaxrl_reward import sharding as sharding_lib
+    from models import partitioning as sharding_lib
     rules = sharding_lib.merge_rules(()) if rules is None else rules
     shardings = sharding_lib.param_shardings(params, mesh, rules)
     sharding_leaves = jax.tree.leaves(

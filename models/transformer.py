@@ -19,10 +19,10 @@ mapping is a reshape / transpose per tensor. Kernels are stored input-major:
 
 Every parameter carries logical axis names (`embed`, `vocab`, `mlp`, `heads`, `kv_heads`,
 `head_dim`, `norm`) in its `out_sharding` metadata, without eager sharding, so a mesh and
-logical-axis rules can be applied later (`jaxrl_reward.sharding.param_shardings`). The
+logical-axis rules can be applied later (`models.partitioning.param_shardings`). The
 residual stream, the KV cache and the logits are constrained by logical names (`act_batch`,
 `act_seq`, `act_embed`, `act_kv_heads`, `act_vocab`) when traced under
-`jaxrl_reward.sharding.activate(mesh, rules)`; elsewhere the constraints are no-ops.
+`models.partitioning.activate(mesh, rules)`; elsewhere the constraints are no-ops.
 
 Shapes: B batch, T new tokens, S cache length, D hidden, N query heads, KV key/value heads,
 G = N / KV query heads per KV head, H head dim, F intermediate size, V vocabulary, L layers.
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrl_reward import sharding
+from models import partitioning
 
 Array = jax.Array
 
@@ -455,7 +455,7 @@ class Transformer(nnx.Module):
     logits = jnp.einsum("...d,dv->...v", hidden, self.unembedding().astype(hidden.dtype),
                         preferred_element_type=jnp.float32)
     if logits.ndim == 3:
-      logits = sharding.constrain(logits, ("act_batch", "act_seq", "act_vocab"))
+      logits = partitioning.constrain(logits, ("act_batch", "act_seq", "act_vocab"))
     return logits
 
   def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
@@ -510,10 +510,10 @@ class Transformer(nnx.Module):
       query_slot = index + jnp.arange(t)  # [T]
       causal = jnp.arange(s)[None, :] <= query_slot[:, None]  # [T, S]
       mask = causal[None] & key_mask[:, None, :]  # [B, T, S]
-      cache_k = [sharding.constrain(k, _CACHE) for k in cache.k]
-      cache_v = [sharding.constrain(v, _CACHE) for v in cache.v]
+      cache_k = [partitioning.constrain(k, _CACHE) for k in cache.k]
+      cache_v = [partitioning.constrain(v, _CACHE) for v in cache.v]
 
-    x = sharding.constrain(self.embed_tokens(input_ids), _HIDDEN)  # [B, T, D]
+    x = partitioning.constrain(self.embed_tokens(input_ids), _HIDDEN)  # [B, T, D]
     for i, layer in enumerate(self.layers):
       y = layer.input_layernorm(x)
       k, v = layer.self_attn.project_kv(y, positions)  # [B, KV, T, H]
@@ -525,7 +525,7 @@ class Transformer(nnx.Module):
         k, v = cache_k[i], cache_v[i]  # [B, KV, S, H]
       x = x + layer.self_attn(y, positions, k, v, mask)
       x = x + layer.mlp(layer.post_attention_layernorm(x))
-      x = sharding.constrain(x, _HIDDEN)
+      x = partitioning.constrain(x, _HIDDEN)
 
     hidden = self.norm(x)
     out = hidden if return_hidden else self.logits(hidden)

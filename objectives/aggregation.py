@@ -9,6 +9,11 @@ The denominator never depends on parameters, so the gradient of `total / denomin
 is `grad(total) / denominator` and can be accumulated the same way.
 
 Shapes: `values` and `mask` are `[B, T]`; `mask` is 1 on real tokens, 0 on padding.
+
+Empty rows: a fully masked row is absent in every mode. It adds nothing to the total and is
+not counted in any denominator (the sequence modes count only rows with at least one token,
+as verl >= 0.6 does for `seq-mean-token-sum`), so padding a batch with empty rows never
+changes a loss.
 """
 from __future__ import annotations
 
@@ -44,13 +49,20 @@ def seq_mean_token_mean(values: Array, mask: Array) -> tuple[Array, Array]:
   mask = _check(values, mask)
   lengths = jnp.sum(mask, axis=-1)  # [B]
   per_seq = jnp.sum(values * mask, axis=-1) / jnp.maximum(lengths, 1.0)
-  return jnp.sum(per_seq), jnp.sum((lengths > 0).astype(values.dtype))
+  return jnp.sum(per_seq), _nonempty_rows(mask)
+
+
+def _nonempty_rows(mask: Array) -> Array:
+  return jnp.sum((jnp.sum(mask, axis=-1) > 0).astype(mask.dtype))
 
 
 def seq_mean_token_sum(values: Array, mask: Array) -> tuple[Array, Array]:
-  """Mean over sequences of each sequence's token sum (verl `seq-mean-token-sum`)."""
+  """Mean over sequences of each sequence's token sum (verl `seq-mean-token-sum`).
+
+  Returns `(sum_{b,t} m v, #sequences with >= 1 token)`.
+  """
   mask = _check(values, mask)
-  return jnp.sum(values * mask), jnp.asarray(values.shape[0], values.dtype)
+  return jnp.sum(values * mask), _nonempty_rows(mask)
 
 
 def seq_mean_token_sum_norm(
@@ -58,12 +70,13 @@ def seq_mean_token_sum_norm(
 ) -> tuple[Array, Array]:
   """Token sum divided by B x max_length (Dr. GRPO, arXiv 2503.20783).
 
-  `max_length` defaults to the mask's width T. The denominator is a constant, so the
-  loss does not favour short or long sequences.
+  `max_length` defaults to the mask's width T; B counts the rows with at least one token
+  (equal to the batch size unless a row is fully masked). The denominator does not depend
+  on the lengths, so the loss does not favour short or long sequences.
   """
   mask = _check(values, mask)
   length = values.shape[1] if max_length is None else max_length
-  return jnp.sum(values * mask), jnp.asarray(values.shape[0] * length, values.dtype)
+  return jnp.sum(values * mask), _nonempty_rows(mask) * length
 
 
 def aggregate(values: Array, mask: Array, mode: str, **kwargs) -> tuple[Array, Array]:

@@ -31,7 +31,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from objectives import aggregation
+from objectives import aggregation, checks
 from objectives import kl as kl_lib
 from objectives import registry
 
@@ -106,6 +106,7 @@ def per_token_loss(
     kl_estimator: str = "k3",
     importance_sampling_level: str = "token",
     log_ratio_clamp: float | None = 20.0,
+    is_weight: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """Per-token GRPO loss; see the module docstring for the formula.
 
@@ -125,6 +126,9 @@ def per_token_loss(
     kl_estimator: one of `objectives.kl.ESTIMATORS`.
     importance_sampling_level: "token" or "sequence" (GSPO).
     log_ratio_clamp: log-ratios are clipped to [-c, c] before exp (None: no clip).
+    is_weight: optional [B, T] importance weight w_t (stop-gradiented) multiplying the policy
+      term: the truncated correction min(pi_learner / pi_sampler, C) for a sampler whose
+      log-probs differ from the learner's (Yao et al. 2025, "truncated importance sampling").
 
   Returns:
     ([B, T] per-token loss, zero where mask is 0; dict of [B, T] intermediates:
@@ -158,6 +162,9 @@ def per_token_loss(
   clipped_ratio = jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon_high)
   unclipped = ratio if delta is None else jnp.minimum(ratio, delta)
   policy = -jnp.minimum(unclipped * advantages, clipped_ratio * advantages)  # [B, T]
+  if is_weight is not None:
+    checks.check_shape("is_weight", is_weight, logp.shape, "logp")
+    policy = policy * sg(jnp.asarray(is_weight, policy.dtype))
   loss = policy
   aux = {"policy": policy * mask}
   if ref_logp is not None:
@@ -243,13 +250,21 @@ def loss(
 
 
 @registry.register("grpo", needs_reference=needs_reference)
-def grpo_objective(logp: Array, batch: Mapping[str, Array], **options) -> tuple[Array, Array, dict[str, Array]]:
-  """Registry entry: `loss_terms` on `batch["old_logp"|"advantages"|"mask"|"ref_logp"]`.
+def grpo_objective(logp: Array, batch: Mapping[str, Array], *, loss_type: str = "dapo", epsilon: float = 0.2,
+                   epsilon_high: float | None = 0.28, delta: float | None = None, beta: float = 0.0,
+                   kl_estimator: str = "k3", importance_sampling_level: str = "token",
+                   log_ratio_clamp: float | None = 20.0, max_completion_length: int | None = None
+                   ) -> tuple[Array, Array, dict[str, Array]]:
+  """Registry entry: `loss_terms` on `batch["old_logp"|"advantages"|"mask"|"ref_logp"|"is_weight"]`.
 
-  `old_logp` may be absent (on-policy: sg(logp)); `ref_logp` is read only when present.
+  Defaults: DAPO (token-mean aggregation, clip-higher 0.2 / 0.28), no KL (k3 when beta > 0).
+  `old_logp` may be absent (on-policy: sg(logp)); `ref_logp` and `is_weight` are read when present.
   """
   for key in ("mask", "advantages"):
     if key not in batch:
       raise KeyError(f"grpo objective: batch is missing key {key!r}; got keys {sorted(batch)}")
   return loss_terms(
-      logp, batch.get("old_logp"), batch["advantages"], batch["mask"], ref_logp=batch.get("ref_logp"), **options)
+      logp, batch.get("old_logp"), batch["advantages"], batch["mask"], ref_logp=batch.get("ref_logp"),
+      is_weight=batch.get("is_weight"), loss_type=loss_type, epsilon=epsilon, epsilon_high=epsilon_high,
+      delta=delta, beta=beta, kl_estimator=kl_estimator, importance_sampling_level=importance_sampling_level,
+      log_ratio_clamp=log_ratio_clamp, max_completion_length=max_completion_length)

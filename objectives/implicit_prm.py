@@ -215,18 +215,6 @@ def dpo_loss(chosen_logp: Array, chosen_ref_logp: Array, chosen_mask: Array, rej
                   beta=beta, loss_type="sigmoid")
 
 
-@registry.register("implicit_prm_ce", needs_reference=lambda options: True)
-def implicit_prm_ce_objective(logp, batch, *, beta=0.05):
-  """Registered PRM update (PRIME online PRM): `fn(logp [B, T] of the PRM, batch)`.
-
-  Uses `batch["ref_logp"]`, `batch["mask"]` and the outcome labels `batch["rewards"]` `[B]` in
-  [0, 1]; returns (sum of BCE, B, metrics).
-  """
-  if "ref_logp" not in batch:
-    raise KeyError("objective 'implicit_prm_ce' needs batch['ref_logp'] (the reference model's log-probs)")
-  return ce_loss_terms(logp, batch["ref_logp"], batch["mask"], batch["rewards"], beta=beta)
-
-
 def kto_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *, beta: float,
              desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
              kl_reference: Array | float | None = None) -> tuple[Array, dict]:
@@ -297,3 +285,74 @@ def kto_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *,
       "stats/prm_accuracy": jnp.mean(((rs > 0) == desirable).astype(r.dtype)),
   }
   return value, metrics
+
+
+# ----------------------------------------------------------------------------- registry
+# The reward-model stage trains a PRM role on outcome-labelled samples of the policy:
+# `fn(logp [B, T] of the PRM, batch)` with `batch["ref_logp"]`, `batch["mask"]`, the outcome
+# labels `batch["labels"]` `[B]` in [0, 1] and `batch["group_ids"]` `[B]`.
+
+
+def _batch(batch, name: str, keys=("ref_logp", "mask", "labels")):
+  for key in keys:
+    if key not in batch:
+      raise KeyError(f"objective {name!r} needs batch[{key!r}]; got keys {sorted(batch)}")
+  return [batch[k] for k in keys]
+
+
+@registry.register("implicit_prm_ce", stage="reward_model", needs_reference=True)
+def implicit_prm_ce_objective(logp, batch, *, beta=0.05):
+  """CE implicit PRM (ImplicitPRM's default, PRIME's online update): (sum of BCE, B, metrics)."""
+  ref_logp, mask, labels = _batch(batch, "implicit_prm_ce")
+  return ce_loss_terms(logp, ref_logp, mask, labels, beta=beta)
+
+
+@registry.register("implicit_prm_dpo", stage="reward_model", needs_reference=True)
+def implicit_prm_dpo_objective(logp, batch, *, beta=0.05):
+  """DPO implicit PRM over every (correct, incorrect) pair of samples of the same prompt.
+
+  Pairs (i, j) with the same group id and label_i > label_j; each adds
+  -log sigma(beta [rho_i - rho_j]) with rho = sum_t m_t (logp - ref_logp) (`dpo.per_pair_loss`,
+  "sigmoid"). Returns (sum over pairs, number of pairs, metrics); a group whose samples all
+  share a label forms no pair.
+  """
+  ref_logp, mask, labels, gid = _batch(batch, "implicit_prm_dpo", ("ref_logp", "mask", "labels", "group_ids"))
+  checks.check_rank("logp", logp, 2, "[B, T]")
+  b = logp.shape[0]
+  checks.check_shape("batch['labels']", labels, (b,), "logp[:, 0]")
+  checks.check_shape("batch['group_ids']", gid, (b,), "logp[:, 0]")
+  rho = sequence_rewards(logp, ref_logp, mask, beta=1.0)  # [B]
+  zeros = jnp.zeros((b * b,), rho.dtype)
+  chosen = jnp.broadcast_to(rho[:, None], (b, b)).reshape(-1)  # pair (i, j): i chosen, j rejected
+  rejected = jnp.broadcast_to(rho[None, :], (b, b)).reshape(-1)
+  losses = dpo.per_pair_loss(chosen, zeros, rejected, zeros, beta=beta).reshape(b, b)
+  labels = jnp.asarray(labels, rho.dtype)
+  gid = jnp.asarray(gid)
+  pairs = ((gid[:, None] == gid[None, :]) & (labels[:, None] > labels[None, :])).astype(rho.dtype)
+  total, count = jnp.sum(losses * pairs), jnp.sum(pairs)
+  margin = jax.lax.stop_gradient(beta * (rho[:, None] - rho[None, :]))
+  metrics = {
+      "loss/prm_dpo": aggregation.safe_divide(total, count),
+      "stats/prm_pair_accuracy": aggregation.safe_divide(jnp.sum((margin > 0) * pairs), count),
+      "stats/num_pairs": count,
+  }
+  return total, count, metrics
+
+
+@registry.register("implicit_prm_kto", stage="reward_model", needs_reference=True)
+def implicit_prm_kto_objective(logp, batch, *, beta=0.05, desirable_weight=1.0, undesirable_weight=1.0,
+                               kl_reference=0.0):
+  """KTO implicit PRM (`kto_loss`) as (B * mean loss, B, metrics).
+
+  `kl_reference` is a fixed reference point (nats). The in-batch estimate (`kto_loss` with
+  `kl_reference=None`) depends on how the batch is split into micro-batches, so the
+  registered form does not offer it.
+  """
+  ref_logp, mask, labels = _batch(batch, "implicit_prm_kto")
+  if kl_reference is None:
+    raise ValueError("implicit_prm_kto: kl_reference must be a number (nats); the in-batch estimate "
+                     "changes with the micro-batch split")
+  value, metrics = kto_loss(logp, ref_logp, mask, labels, beta=beta, desirable_weight=desirable_weight,
+                            undesirable_weight=undesirable_weight, kl_reference=float(kl_reference))
+  b = jnp.asarray(jnp.shape(logp)[0], value.dtype)
+  return value * b, b, metrics

@@ -49,22 +49,12 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from objectives import aggregation, registry
+from objectives import aggregation, checks, registry
 
 Array = jax.Array
 
 REDUCE_STEPS = ("mean", "sum")
 PAIRS = ("all", "reward_diff_positive")
-
-
-def _check_rank(name: str, x, rank: int, layout: str) -> None:
-  if jnp.ndim(x) != rank:
-    raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(x)}")
-
-
-def _check_shape(name: str, x, shape: tuple[int, ...], like: str) -> None:
-  if tuple(jnp.shape(x)) != tuple(shape):
-    raise ValueError(f"{name} must have the shape of {like} {tuple(shape)}, got {tuple(jnp.shape(x))}")
 
 
 def _check_options(beta: float, reduce_steps: str, pairs: str) -> None:
@@ -127,13 +117,13 @@ def _pair_loss(rhat: Array, rewards: Array, beta) -> Array:
 
 
 def _check_inputs(logp, ref_logp, rewards, mask, old_logp=None) -> None:
-  _check_rank("logp", logp, 3, "[N prompts, B samples, T steps]")
-  _check_shape("ref_logp", ref_logp, jnp.shape(logp), "logp")
-  _check_shape("mask", mask, jnp.shape(logp), "logp")
+  checks.check_rank("logp", logp, 3, "[N prompts, B samples, T steps]")
+  checks.check_shape("ref_logp", ref_logp, jnp.shape(logp), "logp")
+  checks.check_shape("mask", mask, jnp.shape(logp), "logp")
   if old_logp is not None:
-    _check_shape("old_logp", old_logp, jnp.shape(logp), "logp")
-  _check_rank("rewards", rewards, 2, "[N prompts, B samples]")
-  _check_shape("rewards", rewards, jnp.shape(logp)[:2], "logp[:, :, 0]")
+    checks.check_shape("old_logp", old_logp, jnp.shape(logp), "logp")
+  checks.check_rank("rewards", rewards, 2, "[N prompts, B samples]")
+  checks.check_shape("rewards", rewards, jnp.shape(logp)[:2], "logp[:, :, 0]")
 
 
 def _loss_terms(logp, ref_logp, rewards, mask, *, beta, reduce_steps, pairs, old_logp=None,
@@ -239,29 +229,23 @@ def prdp_loss(logp: Array, old_logp: Array, ref_logp: Array, rewards: Array, mas
 # ----------------------------------------------------------------------------- registry
 
 
-def _flat_batch_terms(logp, batch: Mapping[str, Any], *, beta, group_size, reduce_steps, pairs,
-                      clip_eps, name):
-  """Registered form on a flat batch `[B, T]`: pairs are rows with the same group id.
+def _flat_batch_terms(logp, batch: Mapping[str, Any], *, beta, reduce_steps, pairs, clip_eps, name):
+  """Registered form on a flat batch `[B, T]`: pairs are rows with the same `batch["group_ids"]`.
 
-  Group ids come from `batch["group_ids"]` (`[B]` int) when present, so a micro-batch may hold its
-  rows in any order; otherwise rows are group-major and group g is rows [g*G, (g+1)*G).
-  Pairs split across micro-batches are not formed; the denominator counts the pairs that are.
+  The rows may come in any order. A micro-batch of the engine always holds whole groups, so
+  every pair of the full batch is formed in exactly one micro-batch and the summed (loss,
+  #pairs) equal the whole batch's.
   """
-  _check_rank("logp", logp, 2, "[B, T]")
-  if "ref_logp" not in batch:
-    raise KeyError(f"objective {name!r} needs batch['ref_logp'] (the reference model's log-probs)")
+  checks.check_rank("logp", logp, 2, "[B, T]")
+  for key in ("ref_logp", "group_ids", "rewards", "mask"):
+    if key not in batch:
+      raise KeyError(f"objective {name!r} needs batch[{key!r}]; got keys {sorted(batch)}")
   b = logp.shape[0]
-  if "group_ids" in batch:
-    gid = jnp.asarray(batch["group_ids"])
-    _check_shape("batch['group_ids']", gid, (b,), "logp[:, 0]")
-  else:
-    if group_size is None or int(group_size) < 1 or b % int(group_size):
-      raise ValueError(f"group_size={group_size!r} must be a positive divisor of the batch size {b} "
-                       "(or pass batch['group_ids'])")
-    gid = jnp.arange(b) // int(group_size)
+  gid = jnp.asarray(batch["group_ids"])
+  checks.check_shape("batch['group_ids']", gid, (b,), "logp[:, 0]")
   same_group = (gid[:, None] == gid[None, :])[None]  # [1, B, B]
   rewards = jnp.asarray(batch["rewards"])
-  _check_shape("batch['rewards']", rewards, (b,), "logp[:, 0]")
+  checks.check_shape("batch['rewards'] (one reward per trajectory)", rewards, (b,), "logp[:, 0]")
   _check_options(beta, reduce_steps, pairs)
   expand = lambda x: jnp.asarray(x)[None]  # noqa: E731  [1, B, T]
   old = expand(batch["old_logp"]) if clip_eps is not None else None
@@ -270,15 +254,23 @@ def _flat_batch_terms(logp, batch: Mapping[str, Any], *, beta, group_size, reduc
                      same_group=same_group, name=name)
 
 
-@registry.register("rdp")
-def rdp_objective(logp, batch, *, beta, group_size=None, reduce_steps="mean", pairs="all"):
-  """Registered RDP: `fn(logp [B, T], batch) -> (sum, #pairs, metrics)`; needs `ref_logp`, `rewards`."""
-  return _flat_batch_terms(logp, batch, beta=beta, group_size=group_size, reduce_steps=reduce_steps,
-                           pairs=pairs, clip_eps=None, name="rdp")
+# Option defaults: the paper's small-scale setting (Table 4: beta 3e-5, eps 1e-6, with the
+# Appendix G mean over steps). They are scaled for diffusion steps, whose per-step
+# log-ratios are small; for token-level language models a beta near 0.1 is the usual scale.
 
 
-@registry.register("prdp")
-def prdp_objective(logp, batch, *, beta, clip_eps, group_size=None, reduce_steps="mean", pairs="all"):
-  """Registered PRDP: like "rdp", with the per-step clip around `batch['old_logp']`."""
-  return _flat_batch_terms(logp, batch, beta=beta, group_size=group_size, reduce_steps=reduce_steps,
-                           pairs=pairs, clip_eps=clip_eps, name="prdp")
+@registry.register("rdp", needs_reference=True)
+def rdp_objective(logp, batch, *, beta=3e-5, reduce_steps="mean", pairs="all"):
+  """Registered RDP: `fn(logp [B, T], batch) -> (sum, #pairs, metrics)`.
+
+  Reads `batch["ref_logp"|"rewards"|"group_ids"|"mask"]`; see `rdp_loss`.
+  """
+  return _flat_batch_terms(logp, batch, beta=beta, reduce_steps=reduce_steps, pairs=pairs, clip_eps=None,
+                           name="rdp")
+
+
+@registry.register("prdp", needs_reference=True)
+def prdp_objective(logp, batch, *, beta=3e-5, clip_eps=1e-6, reduce_steps="mean", pairs="all"):
+  """Registered PRDP: like "rdp", with the per-step clip around `batch["old_logp"]` (`prdp_loss`)."""
+  return _flat_batch_terms(logp, batch, beta=beta, reduce_steps=reduce_steps, pairs=pairs, clip_eps=clip_eps,
+                           name="prdp")

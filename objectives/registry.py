@@ -1,73 +1,181 @@
-"""Objectives selectable by name from a config.
+"""Objectives selectable by name from a config, each owning its options.
 
-An objective registered here is what the trainer calls on each micro-batch:
+An objective registered here is what a training stage calls on each micro-batch:
 
-    fn(logp, batch, **options) -> (loss_sum, denominator, metrics)
+    fn(outputs, batch, *, option=default, ...) -> (loss_sum, denominator, metrics)
 
-- `logp`: `[B, T]` log-probs of the completion tokens under the current policy (the only
-  argument that carries gradients).
-- `batch`: a mapping of arrays for the same micro-batch: `mask` `[B, T]`, `old_logp` `[B, T]`,
+- `outputs`: `[B, T]` per-step outputs of the trained model under the current parameters,
+  the only argument that carries gradients: log-probs of the sampled actions (tokens or
+  denoising steps) for `inputs="logprobs"`, value estimates for `inputs="values"`.
+- `batch`: a mapping of arrays for the same micro-batch (the engine passes its typed
+  rollout, which reads like a dict): `mask` `[B, T]`, `group_ids` `[B]`, `old_logp` `[B, T]`,
   `advantages` `[B]` or `[B, T]`, `rewards`, and `ref_logp` `[B, T]` when the reference model
-  is used (the trainer computes it only if `needs_reference(options)` holds).
-- `options`: the config's `objective.options`, as keyword arguments.
-- Whether the trainer computes `ref_logp` is decided by `requires_reference(name, options)`:
-  the predicate given at registration, or by default `options["beta"] > 0`.
+  is used. Micro-batches always hold whole groups (every row of a group id), so pairwise
+  and leave-one-out terms inside a loss are exact under gradient accumulation.
+- Options are the keyword-only arguments of `fn`: their defaults are the objective's
+  defaults, arguments without a default are required, and selecting the objective by name
+  (`config.objective.name`) brings them; `resolve_options` merges a config's overrides and
+  rejects an option the objective does not take, naming the ones it does. A function with
+  `**options` accepts any option.
 - Returns the (sum, denominator) pair of `objectives.aggregation` and a dict of scalar
   metrics with namespaced keys (`loss/policy`, `stats/kl`, ...).
 
-Registering a new objective takes three lines:
+Registration also says which stage kind trains with the objective (`stage="rl"` on policy
+rollouts, `stage="reward_model"` for a reward / process-reward model), what its first
+argument is (`inputs`), and whether it reads `batch["ref_logp"]` (`needs_reference`, by
+default `beta > 0`). Registering a new objective takes three lines:
 
     @registry.register("my_pg")
-    def my_pg(logp, batch, **options):
-      return jnp.sum(-logp * batch["advantages"][:, None] * batch["mask"]), jnp.sum(batch["mask"]), {}
+    def my_pg(logp, batch, *, scale=1.0):
+      return -scale * jnp.sum(logp * batch["advantages"][:, None] * batch["mask"]), jnp.sum(batch["mask"]), {}
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 from typing import Any, Callable, Mapping
 
 ObjectiveFn = Callable[..., tuple[Any, Any, Mapping[str, Any]]]
 
-_REGISTRY: dict[str, ObjectiveFn] = {}
-_NEEDS_REFERENCE: dict[str, Callable[[Mapping[str, Any]], bool]] = {}
+STAGES = ("rl", "reward_model")
+INPUTS = ("logprobs", "values")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The options a registered function takes: `defaults`, `required` names, and `open`
+  (True when the function takes `**options`, so any name is accepted)."""
+  defaults: Mapping[str, Any]
+  required: tuple[str, ...]
+  open: bool
+
+  @property
+  def names(self) -> list[str]:
+    return sorted(set(self.defaults) | set(self.required))
+
+
+def signature_options(fn: Callable, *, positional: int) -> Options:
+  """The options of `fn`: every parameter after its first `positional` ones."""
+  params = list(inspect.signature(fn).parameters.values())
+  defaults, required, open_ = {}, [], False
+  for p in params[positional:]:
+    if p.kind is inspect.Parameter.VAR_KEYWORD:
+      open_ = True
+    elif p.kind is inspect.Parameter.VAR_POSITIONAL:
+      continue
+    elif p.default is inspect.Parameter.empty:
+      required.append(p.name)
+    else:
+      defaults[p.name] = p.default
+  return Options(defaults, tuple(required), open_)
+
+
+def resolve(kind: str, name: str, options: Options, given: Mapping[str, Any]) -> dict[str, Any]:
+  """`options.defaults` updated by `given`; raises naming the unknown or missing options.
+
+  `kind` and `name` only make the messages readable ("objective 'prdp' has no option ...").
+  """
+  given = dict(given)
+  if not options.open:
+    unknown = sorted(set(given) - set(options.names))
+    if unknown:
+      hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, options.names, 1))
+               else repr(u) for u in unknown]
+      raise ValueError(f"{kind} {name!r} has no option {', '.join(hints)}; its options are "
+                       f"{options.names} (defaults {dict(options.defaults)})")
+  missing = [r for r in options.required if r not in given]
+  if missing:
+    raise ValueError(f"{kind} {name!r} needs option(s) {missing}; set them, e.g. "
+                     f"--config.objective.options.{missing[0]}=...")
+  return {**options.defaults, **given}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A registered objective: the function and what the engine needs to know about it."""
+  name: str
+  fn: ObjectiveFn
+  stage: str
+  inputs: str
+  options: Options
+  needs_reference: Callable[[Mapping[str, Any]], bool]
+
+
+_REGISTRY: dict[str, Objective] = {}
 
 
 def _beta_positive(options: Mapping[str, Any]) -> bool:
-  return float(options.get("beta", 0.0) or 0.0) > 0.0
+  beta = options.get("beta", 0.0)
+  return not isinstance(beta, (int, float)) or float(beta or 0.0) > 0.0
 
 
-def register(name: str, *, overwrite: bool = False,
-             needs_reference: Callable[[Mapping[str, Any]], bool] | None = None
+def register(name: str, *, stage: str = "rl", inputs: str = "logprobs", overwrite: bool = False,
+             needs_reference: Callable[[Mapping[str, Any]], bool] | bool | None = None
              ) -> Callable[[ObjectiveFn], ObjectiveFn]:
   """Decorator that registers `fn` under `name`.
 
-  `needs_reference(options) -> bool` says whether the objective reads `batch["ref_logp"]`
-  (default: when `options["beta"] > 0`).
+  Args:
+    name: the config name (`config.objective.name`).
+    stage: the stage kind that trains with it, one of `STAGES`.
+    inputs: what its first argument is, one of `INPUTS`.
+    overwrite: replace an objective already registered under `name`.
+    needs_reference: whether it reads `batch["ref_logp"]`: a bool, or a predicate of the
+      resolved options (default: `options["beta"] > 0`).
   """
   if not isinstance(name, str) or not name:
     raise ValueError(f"objective name must be a non-empty string, got {name!r}")
+  if stage not in STAGES:
+    raise ValueError(f"stage={stage!r} is not one of {STAGES}")
+  if inputs not in INPUTS:
+    raise ValueError(f"inputs={inputs!r} is not one of {INPUTS}")
+  if isinstance(needs_reference, bool):
+    needs_reference = (lambda value: lambda options: value)(needs_reference)
 
   def decorator(fn: ObjectiveFn) -> ObjectiveFn:
-    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
+    if name in _REGISTRY and not overwrite and _REGISTRY[name].fn is not fn:
       raise ValueError(f"objective {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = fn
-    _NEEDS_REFERENCE[name] = needs_reference or _beta_positive
+    _REGISTRY[name] = Objective(name, fn, stage, inputs, signature_options(fn, positional=2),
+                                needs_reference or _beta_positive)
     return fn
 
   return decorator
 
 
-def get(name: str) -> ObjectiveFn:
-  """Returns the objective registered under `name`, or raises naming the known ones."""
+def spec(name: str) -> Objective:
+  """The registration of `name`, or a KeyError naming the registered objectives."""
   if name not in _REGISTRY:
-    raise KeyError(f"unknown objective name={name!r}; registered objectives: {sorted(_REGISTRY)}")
+    close = difflib.get_close_matches(str(name), list(_REGISTRY), 1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise KeyError(f"unknown objective name={name!r}{hint}; registered objectives: {sorted(_REGISTRY)}")
   return _REGISTRY[name]
 
 
-def names() -> list[str]:
-  return sorted(_REGISTRY)
+def get(name: str) -> ObjectiveFn:
+  """The function registered under `name` (see `spec`)."""
+  return spec(name).fn
 
 
-def requires_reference(name: str, options: Mapping[str, Any]) -> bool:
-  """Whether objective `name` with these options needs reference-model log-probs."""
-  get(name)
-  return bool(_NEEDS_REFERENCE[name](options))
+def names(stage: str | None = None) -> list[str]:
+  """Registered objective names, optionally only those of one stage kind."""
+  return sorted(n for n, o in _REGISTRY.items() if stage is None or o.stage == stage)
+
+
+def defaults(name: str) -> dict[str, Any]:
+  """The option defaults of objective `name`."""
+  return dict(spec(name).options.defaults)
+
+
+def resolve_options(name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The options objective `name` runs with: its defaults updated by `given`.
+
+  Raises:
+    ValueError: an option `name` does not take (naming the ones it takes), or a required
+      option that is missing.
+  """
+  return resolve("objective", name, spec(name).options, given or {})
+
+
+def requires_reference(name: str, options: Mapping[str, Any] | None = None) -> bool:
+  """Whether objective `name` with these options (defaults filled in) needs `ref_logp`."""
+  return bool(spec(name).needs_reference(resolve_options(name, options)))

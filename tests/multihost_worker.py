@@ -24,14 +24,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sharded_run  # noqa: E402
 from jaxrl_reward import sharding  # noqa: E402
-from jaxrl_reward import trainer as trainer_lib  # noqa: E402
+from jaxrl_reward import experiment  # noqa: E402
 
 
 def main(workdir: str, output: str) -> None:
   sharding.maybe_initialize_distributed()
-  t = trainer_lib.Trainer(sharded_run.config(sharded_run.MESHES["data2_fsdp2_tensor2"]), workdir)
-  t.run()
-  params = multihost_utils.process_allgather(t.state["params"], tiled=True)
+  run = experiment.Experiment(sharded_run.config(sharded_run.MESHES["data2_fsdp2_tensor2"]))
+  run.run(workdir)
+  params = multihost_utils.process_allgather(run.state["policy"]["params"], tiled=True)
   if jax.process_index() == 0:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     np.savez(output, **{jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves})

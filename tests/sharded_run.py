@@ -34,16 +34,14 @@ def config(mesh=(("data", 1),)):
   return c
 
 
-def train_steps(trainer):
+def train_steps(experiment):
   """One warm-up step and two GRPO steps without evaluation: (metrics per step, state)."""
-  state = trainer._initial_state(0)
+  state = experiment.initial_state()
   history = []
-  for step in range(trainer.total_steps):
-    if step < trainer.warmup_steps:
-      state, metrics = trainer.warmup_step(state, step)
-    else:
-      if step == trainer.warmup_steps:
-        state = trainer._rl_state(state["params"])
-      state, metrics = trainer.rl_step(state, step)
+  for step in range(experiment.total_steps):
+    stage = experiment.stages[experiment.stage_index(step)]
+    if step == stage.start and step > 0:
+      state = stage.enter(state)
+    state, metrics = stage.step(state, step)
     history.append({k: float(v) for k, v in metrics.items()})
   return history, state

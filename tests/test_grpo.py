@@ -260,8 +260,7 @@ def test_fully_masked_row_is_ignored(loss_type):
   np.testing.assert_array_equal(grad[2], 0.0)
   keep = np.array([0, 1, 3])
   value_without = _grpo_loss(lp[keep], old[keep], adv[keep], mask[keep], ref[keep], **options)
-  if loss_type == "dr_grpo":  # constant denominator B x L counts the empty row
-    value_without = value_without * 3 / 4
+  # One convention for every mode: the empty row counts in no denominator (dr_grpo's B too).
   np.testing.assert_allclose(value, value_without, rtol=1e-5)
 
 

@@ -189,7 +189,7 @@ def test_invariants(b, t, seed, aggregate):
 def test_registered_ce_objective():
   logp, ref, mask, _ = make_inputs(6)
   labels = np.array([1.0, 0.0, 0.0], np.float32)
-  total, den, _ = registry.get("implicit_prm_ce")(logp, {"ref_logp": ref, "mask": mask, "rewards": labels}, beta=BETA)
+  total, den, _ = registry.get("implicit_prm_ce")(logp, {"ref_logp": ref, "mask": mask, "labels": labels}, beta=BETA)
   np.testing.assert_allclose(total / den, np_ce(logp, ref, mask, labels, BETA), rtol=1e-5)
 
 
@@ -214,7 +214,7 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="same batch size"):
     implicit_prm.dpo_loss(logp, ref, mask, logp[:2], ref[:2], mask[:2], beta=BETA)
   with pytest.raises(KeyError, match="ref_logp"):
-    registry.get("implicit_prm_ce")(logp, {"mask": mask, "rewards": np.ones(3)})
+    registry.get("implicit_prm_ce")(logp, {"mask": mask, "labels": np.ones(3)})
 
 
 def np_sigmoid(x):

@@ -67,11 +67,11 @@ def test_registered_rdp_on_a_flat_batch(mesh, group_size):
   mask = np.ones((16, 4), np.float32)
   fn = registry.get("prdp")
 
-  def terms(logp, ref, old, rewards, mask):
-    batch = {"ref_logp": ref, "old_logp": old, "rewards": rewards, "mask": mask}
-    return fn(logp, batch, beta=0.5, clip_eps=0.1, group_size=group_size)
+  def terms(logp, ref, old, rewards, mask, group_ids):
+    batch = {"ref_logp": ref, "old_logp": old, "rewards": rewards, "mask": mask, "group_ids": group_ids}
+    return fn(logp, batch, beta=0.5, clip_eps=0.1)
 
-  assert_same_sharded(mesh, terms, logp, ref, old, rewards, mask)
+  assert_same_sharded(mesh, terms, logp, ref, old, rewards, mask, np.arange(16) // group_size)
 
 
 def test_dpo(mesh):

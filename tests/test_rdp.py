@@ -246,16 +246,16 @@ def test_registered_objective_matches_and_accepts_any_row_order():
   logp, ref, old, rewards, mask = make_inputs(4, n=2, b=3, t=4)
   expected, _ = rdp.prdp_loss(logp, old, ref, rewards, mask, beta=0.5, clip_eps=0.1)
   flat = lambda x: x.reshape((6,) + x.shape[2:])  # noqa: E731
-  batch = {"ref_logp": flat(ref), "old_logp": flat(old), "rewards": flat(rewards), "mask": flat(mask)}
+  batch = {"ref_logp": flat(ref), "old_logp": flat(old), "rewards": flat(rewards), "mask": flat(mask),
+           "group_ids": np.arange(6) // 3}
   fn = registry.get("prdp")
-  total, den, _ = fn(flat(logp), batch, beta=0.5, clip_eps=0.1, group_size=3)
+  total, den, _ = fn(flat(logp), batch, beta=0.5, clip_eps=0.1)
   np.testing.assert_allclose(total / den, expected, rtol=1e-6)
   perm = np.random.default_rng(0).permutation(6)
   shuffled = {k: v[perm] for k, v in batch.items()}
-  shuffled["group_ids"] = (np.arange(6) // 3)[perm]
   total_s, den_s, _ = fn(flat(logp)[perm], shuffled, beta=0.5, clip_eps=0.1)
   np.testing.assert_allclose(total_s / den_s, expected, rtol=1e-6)
-  total_r, den_r, _ = registry.get("rdp")(flat(logp), batch, beta=0.5, group_size=3)
+  total_r, den_r, _ = registry.get("rdp")(flat(logp), batch, beta=0.5)
   np.testing.assert_allclose(total_r / den_r, rdp.rdp_loss(logp, ref, rewards, mask, beta=0.5)[0], rtol=1e-6)
 
 
@@ -283,8 +283,10 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="clip_eps"):
     rdp.prdp_loss(logp, old, ref, rewards, mask, beta=0.5, clip_eps=-1.0)
   flat = {"ref_logp": ref.reshape(6, 4), "rewards": rewards.reshape(6), "mask": mask.reshape(6, 4)}
-  with pytest.raises(ValueError, match="group_size"):
-    registry.get("rdp")(logp.reshape(6, 4), flat, beta=0.5, group_size=4)
+  with pytest.raises(KeyError, match="group_ids"):
+    registry.get("rdp")(logp.reshape(6, 4), flat, beta=0.5)
+  with pytest.raises(ValueError, match="group_ids"):
+    registry.get("rdp")(logp.reshape(6, 4), {**flat, "group_ids": np.zeros(4, np.int32)}, beta=0.5)
   with pytest.raises(KeyError, match="ref_logp"):
-    registry.get("rdp")(logp.reshape(6, 4), {"rewards": flat["rewards"], "mask": flat["mask"]}, beta=0.5,
-                        group_size=3)
+    registry.get("rdp")(logp.reshape(6, 4), {"rewards": flat["rewards"], "mask": flat["mask"],
+                                             "group_ids": np.zeros(6, np.int32)}, beta=0.5)

@@ -10,7 +10,7 @@ import sharded_run
 from jaxrl_reward import checkpoint as checkpoint_lib
 from jaxrl_reward import sampling
 from jaxrl_reward import sharding
-from jaxrl_reward import trainer as trainer_lib
+from jaxrl_reward import experiment
 from models import transformer
 
 RULES = sharding.merge_rules(())
@@ -120,19 +120,18 @@ def test_sampler_under_a_mesh_matches_one_device():
 
 
 @pytest.fixture(scope="module")
-def one_device(tmp_path_factory):
+def one_device():
   mesh = sharding.make_mesh((("data", 1),), devices=jax.devices()[:1])
-  t = trainer_lib.Trainer(sharded_run.config(), tmp_path_factory.mktemp("one"), mesh=mesh)
-  return sharded_run.train_steps(t)
+  return sharded_run.train_steps(experiment.Experiment(sharded_run.config(), mesh=mesh))
 
 
 @pytest.fixture(scope="module")
-def mesh_runs(tmp_path_factory):
+def mesh_runs():
   runs = {}
 
   def run(name):
     if name not in runs:
-      t = trainer_lib.Trainer(sharded_run.config(sharded_run.MESHES[name]), tmp_path_factory.mktemp(name))
+      t = experiment.Experiment(sharded_run.config(sharded_run.MESHES[name]))
       runs[name] = (t, *sharded_run.train_steps(t))
     return runs[name]
   return run
@@ -149,16 +148,16 @@ def test_training_is_the_same_on_any_mesh(one_device, mesh_runs, name):
       np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
   # Adam divides by sqrt(v): where a gradient is ~0, reduction-order noise moves a weight
   # by a fraction of the learning rate (1e-3). A wrong sharding moves weights by ~lr.
-  for key in ("params", "ref_params"):
-    for a, b in zip(_leaves(ref_state[key]), _leaves(state[key])):
+  for role in ("policy", "reference"):
+    for a, b in zip(_leaves(ref_state[role]["params"]), _leaves(state[role]["params"])):
       np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-5)
   # The state lives on the whole mesh, sharded by the rules; every step compiled once.
-  embedding = state["params"]["embed_tokens"]["embedding"][...]
+  embedding = state["policy"]["params"]["embed_tokens"]["embedding"][...]
   assert embedding.sharding.mesh.shape == t.mesh.shape
   assert embedding.sharding.spec == sharding.logical_to_spec(("vocab", "embed"), RULES, t.mesh, embedding.shape)
-  assert t.warmup_update._cache_size() == 1
-  assert t.rl_update._cache_size() == 1
-  assert t.rollout_sampler._cache_size() == 1
+  assert t.stage("sft").update._cache_size() == 1
+  assert t.stage("rl").updates["policy"]._cache_size() == 1
+  assert t.roles.policy.sampler_cache_sizes()["sampled"] == 1
 
 
 def test_restore_onto_a_mesh_of_another_shape(mesh_runs, tmp_path):
@@ -167,21 +166,21 @@ def test_restore_onto_a_mesh_of_another_shape(mesh_runs, tmp_path):
   with checkpoint_lib.Checkpointer(tmp_path / "ckpt") as ckpt:
     ckpt.save(step, state)
   mesh = sharding.make_mesh((("data", 4), ("fsdp", 1), ("tensor", 2)))
-  t42 = trainer_lib.Trainer(sharded_run.config(((("data", 4), ("fsdp", 1), ("tensor", 2)))), tmp_path / "run")
+  t42 = experiment.Experiment(sharded_run.config(((("data", 4), ("fsdp", 1), ("tensor", 2)))))
   with checkpoint_lib.Checkpointer(tmp_path / "ckpt") as ckpt:
-    restored, _ = ckpt.restore(t42._abstract_state(step))
+    restored, _ = ckpt.restore(t42.abstract_state(step))
   for a, b in zip(_leaves(state), _leaves(restored)):
     np.testing.assert_array_equal(a, b)
-  kernel = restored["params"]["layers"][0]["mlp"]["gate_proj"]["kernel"][...]
+  kernel = restored["policy"]["params"]["layers"][0]["mlp"]["gate_proj"]["kernel"][...]
   assert dict(kernel.sharding.mesh.shape) == dict(mesh.shape)
   assert kernel.sharding.spec == P(None, "tensor")
 
 
-def test_batch_that_does_not_divide_over_the_mesh_is_named(tmp_path):
+def test_batch_that_does_not_divide_over_the_mesh_is_named():
   c = sharded_run.config(sharded_run.MESHES["data8"])
   c.warmup.batch_size = 12
   with pytest.raises(ValueError, match="warmup.batch_size"):
-    trainer_lib.Trainer(c, tmp_path)
+    experiment.Experiment(c)
 
 
 def test_host_rows_and_to_global_round_trip():

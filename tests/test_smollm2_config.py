@@ -10,7 +10,7 @@ import pytest
 
 from configs import grpo_arithmetic
 from configs import grpo_smollm2
-from jaxrl_reward import trainer as trainer_lib
+from jaxrl_reward import experiment
 
 VARIANTS = (None, "cpu")
 # Keys of the arithmetic config that only its synthetic task reads.
@@ -30,7 +30,7 @@ def _flat_keys(config, prefix: str = "") -> set[str]:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variants_build_and_validate(variant):
   config = grpo_smollm2.get_config(variant)
-  trainer_lib._validate(config)
+  experiment.check_config(config)
   assert config.task.name == "reasoning_gym" and config.task.chat_template
   assert config.rewards.names == ("reasoning_gym",) and config.rewards.eval_name == "reasoning_gym"
   assert config.warmup.steps == 0

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from jaxrl_reward.data import task as task_lib
 from jaxrl_reward.rewards.math_verify_reward import last_boxed
 
 ANSWER_MARKER = "####"
@@ -298,7 +299,7 @@ def _config_value(task_config, key: str, default: Any = None) -> Any:
 
 
 def build_math_file_task(task_config, seed: int, *, tokenizer=None):
-  """A `tasks.Task` over local GSM8K / MATH-style files.
+  """A `task.Task` over local GSM8K / MATH-style files.
 
   Reads from `task_config` (a ConfigDict or any object with attributes):
     train_file: the training file.
@@ -318,10 +319,8 @@ def build_math_file_task(task_config, seed: int, *, tokenizer=None):
       `task_config.tokenizer_dir` with `AutoTokenizer.from_pretrained`.
 
   Returns:
-    `tasks.Task` whose warm-up targets are `math_sft_target` (solution or `#### answer`).
+    `task.Task` whose warm-up targets are `math_sft_target` (solution or `#### answer`).
   """
-  from jaxrl_reward.data import tasks  # imported here: tasks may register this builder
-
   if tokenizer is None:
     tokenizer_dir = _config_value(task_config, "tokenizer_dir")
     if not tokenizer_dir:
@@ -347,4 +346,4 @@ def build_math_file_task(task_config, seed: int, *, tokenizer=None):
     del step
     return [math_sft_target(e) for e in examples]
 
-  return tasks.Task(tokenizer, train, held_out, sft_targets)
+  return task_lib.Task(tokenizer, train, held_out, sft_targets)

@@ -30,6 +30,8 @@ import dataclasses
 import difflib
 from typing import Any, Mapping, Sequence
 
+from jaxrl_reward.data import task as task_lib
+
 EVAL_SEED_OFFSET = 1_000_000_007
 FIELD_DATASET = "reasoning_gym_dataset"
 ANSWER_TAG_INSTRUCTION = "Give only the final answer between <answer> and </answer> tags."
@@ -188,7 +190,7 @@ def _config_value(task_config, key: str, default: Any = None) -> Any:
 
 
 def build_reasoning_gym_task(task_config, seed: int, *, tokenizer=None):
-  """A `tasks.Task` over reasoning-gym dataset `task_config.dataset`.
+  """A `task.Task` over reasoning-gym dataset `task_config.dataset`.
 
   Reads from `task_config` (a ConfigDict or any object with attributes):
     dataset: the reasoning-gym name (e.g. "chain_sum").
@@ -209,11 +211,9 @@ def build_reasoning_gym_task(task_config, seed: int, *, tokenizer=None):
       `task_config.tokenizer_dir` with `AutoTokenizer.from_pretrained`.
 
   Returns:
-    `tasks.Task` whose examples keep `entry` and `reasoning_gym_dataset` (the reward
+    `task.Task` whose examples keep `entry` and `reasoning_gym_dataset` (the reward
     "reasoning_gym" reads them) and whose warm-up targets are `<answer>answer</answer>`.
   """
-  from jaxrl_reward.data import tasks  # imported here: tasks may register this builder
-
   if tokenizer is None:
     tokenizer_dir = _config_value(task_config, "tokenizer_dir")
     if not tokenizer_dir:
@@ -240,4 +240,4 @@ def build_reasoning_gym_task(task_config, seed: int, *, tokenizer=None):
     del step
     return [answer_tag_target(e) for e in examples]
 
-  return tasks.Task(tokenizer, train, held_out, sft_targets)
+  return task_lib.Task(tokenizer, train, held_out, sft_targets)

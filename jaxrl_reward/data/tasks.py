@@ -1,29 +1,15 @@
-"""Tasks selectable by `config.task.name`: a tokenizer plus train and held-out examples.
+"""Tasks selectable by `config.task.name` (see `task.Task` for what a task holds).
 
-Each example is a dict with at least `prompt`; its other fields (`answer`, `solution`, ...)
-reach the reward functions as keyword columns, as in TRL.
+The sources import only `task`; this registry imports the sources, so nothing in
+`jaxrl_reward.data` imports in a cycle.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 from jaxrl_reward.data import arithmetic
 from jaxrl_reward.data import tokenizer as tokenizer_lib
-
-
-def _solutions(examples: list[dict], step: int) -> list[str]:
-  del step
-  return [e["solution"] for e in examples]
-
-
-@dataclasses.dataclass
-class Task:
-  tokenizer: Any  # a transformers tokenizer
-  train: list[dict]
-  eval: list[dict]
-  # sft_targets(examples, step) -> the warm-up targets of a batch (deterministic in step).
-  sft_targets: Callable[[list[dict], int], list[str]] = _solutions
+from jaxrl_reward.data.task import Task
 
 
 def _arithmetic(task_config, seed: int) -> Task:

@@ -1,0 +1,684 @@
+"""Reproductions: named sets of training runs, their kept results and REPRODUCTIONS.md.
+
+    python -m experiments.reproduce main_job                  # the README's main job, seeds 0, 1, 2
+    python -m experiments.reproduce main_job --quick          # its small variant, 1 seed (a smoke test)
+    python -m experiments.reproduce --render_only             # rewrite REPRODUCTIONS.md, run nothing
+
+A reproduction is a named set of runs (config file, variant and overrides, each run once
+per seed 0..N-1 with `--config.seed=S`) and a function that renders its Markdown section
+from the runs' kept result lines, with a published paper's numbers beside ours where there
+is a paper. Each run is `python -m experiments.train` in a subprocess (repository root as
+working directory) into `<root>/<NAME>/<label>/seed<S>` (quick runs: `<root>/<NAME>.quick/...`);
+its output goes to `train.log` in that directory, and a failing run is an error that shows
+the log's last lines. Running again on the same workdir resumes from its last checkpoint
+(a finished run re-finishes quickly): delete the workdir for a fresh run.
+
+After each run one JSON line is appended to `<results_dir>/<NAME>.jsonl` (quick runs:
+`<NAME>.quick.jsonl`): the run's `results.json` rows, its eval and train-reward curves from
+`metrics.jsonl`, wall time, git commit, jax version, host and UTC date. `REPRODUCTIONS.md`
+is generated from the full (non-quick) files alone, the latest line of each (label, seed)
+winning, with a PNG of the eval curves written next to each file (`<NAME>.png`).
+
+Adding a reproduction: `register(Reproduction(...))` with its runs, quick runs, optional
+`Paper` numbers and claims; `render` defaults to `stage_table` (one row per results row,
+mean ± sample std over seeds) and can be any function of the reproduction and its lines.
+Relative paths in the flags are taken from the repository root.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from absl import app
+from absl import flags
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+LOG_FILE = "train.log"
+TAIL_LINES = 40
+METRICS = ("accuracy_greedy", "accuracy_sampled")
+METRIC_NAMES = {"accuracy_greedy": "greedy accuracy", "accuracy_sampled": "sampled accuracy"}
+DEFAULT_ROOT = "runs/reproductions"
+DEFAULT_RESULTS_DIR = "experiments/results/reproductions"
+DEFAULT_OUTPUT = "REPRODUCTIONS.md"
+
+Record = dict  # one kept JSON line (see `collect_record`)
+
+
+# -- what a reproduction is ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One training command of a reproduction, run once per seed.
+
+  Attributes:
+    label: names the run in tables and plots, and its workdir (`<root>/<NAME>/<label>/seed<S>`).
+    config: `experiments.train`'s `--config`: a config file, optionally `:VARIANT`.
+    overrides: config keys and values, passed as `--config.KEY=VALUE` (the seed is not one).
+  """
+  label: str
+  config: str
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.label):
+      raise ValueError(f"run label {self.label!r}: use letters, digits, '_', '.', '-' (it names a directory)")
+    if "seed" in self.overrides:
+      raise ValueError(f"run {self.label!r}: the seed comes from --seeds, not from the overrides")
+
+  def args(self, workdir: str, seed: int) -> list[str]:
+    """The arguments after `python -m experiments.train`."""
+    args = [f"--config={self.config}", f"--workdir={workdir}"]
+    args += [f"--config.{key}={_flag_value(value)}" for key, value in self.overrides.items()]
+    return args + [f"--config.seed={seed}"]
+
+
+def _flag_value(value: Any) -> str:
+  if isinstance(value, str):
+    return value
+  return repr(value) if isinstance(value, (tuple, list)) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Paper:
+  """Published numbers to set beside ours.
+
+  Attributes:
+    citation: where the numbers come from, e.g. "Author et al. (2025), Table 2".
+    numbers: `(label, stage, metric) -> value`; `stage` is a stage string of the results rows
+      (the last row of that stage) or an int position among the label's rows (-1: the last).
+  """
+  citation: str
+  numbers: Mapping[tuple[str, str | int, str], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reproduction:
+  """A named set of runs and how its kept results become a section of REPRODUCTIONS.md.
+
+  Attributes:
+    name: registry key, the results file's name and the workdirs' parent.
+    title, description: the section's heading and its opening paragraph.
+    runs: the full runs, each repeated for seeds 0..seeds-1.
+    quick: a small variant of the runs for smoke tests (written to `<NAME>.quick.jsonl`).
+    seeds, quick_seeds: default number of seeds of each.
+    render: `(reproduction, records) -> Markdown` of the results (a table); records are the
+      latest line of each (label, seed), in the order of `runs`, then of seeds.
+    paper: published numbers, or None when the numbers are this project's own.
+    claims: a plain statement under the table: fixed text, or `(records) -> text` computed
+      from the numbers.
+    plot: `(reproduction, records, png_path) -> bool` (False: nothing plotted), or None.
+  """
+  name: str
+  title: str
+  description: str
+  runs: tuple[RunSpec, ...]
+  quick: tuple[RunSpec, ...] = ()
+  seeds: int = 3
+  quick_seeds: int = 1
+  render: Callable[["Reproduction", list[Record]], str] | None = None
+  paper: Paper | None = None
+  claims: str | Callable[[list[Record]], str] = ""
+  plot: Callable[["Reproduction", list[Record], pathlib.Path], bool] | None = None
+
+  def __post_init__(self):
+    labels = [spec.label for spec in self.runs]
+    if len(set(labels)) != len(labels):
+      raise ValueError(f"reproduction {self.name!r}: run labels must differ, got {labels}")
+    if self.render is None:
+      object.__setattr__(self, "render", stage_table)
+    if self.plot is None:
+      object.__setattr__(self, "plot", plot_eval_curves)
+
+
+REGISTRY: dict[str, Reproduction] = {}
+
+
+def register(reproduction: Reproduction) -> Reproduction:
+  if reproduction.name in REGISTRY:
+    raise ValueError(f"reproduction {reproduction.name!r} is already registered")
+  REGISTRY[reproduction.name] = reproduction
+  return reproduction
+
+
+def get(name: str, registry: Mapping[str, Reproduction] | None = None) -> Reproduction:
+  """The registered reproduction `name`; an unknown name is an error that lists the known ones."""
+  registry = REGISTRY if registry is None else registry
+  if name not in registry:
+    raise ValueError(f"unknown reproduction {name!r}; known: {', '.join(sorted(registry)) or 'none'}")
+  return registry[name]
+
+
+# -- kept result lines -----------------------------------------------------------------------
+
+
+def results_path(results_dir: str | os.PathLike, name: str, quick: bool = False) -> pathlib.Path:
+  return pathlib.Path(results_dir) / f"{name}{'.quick' if quick else ''}.jsonl"
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
+  """JSON objects, one a line; a cut-short last line (a crash mid-write) is skipped with a warning."""
+  lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+  out = []
+  for i, line in enumerate(lines):
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:
+        warnings.warn(f"skipping the truncated last line of {str(path)!r}: {line[:80]!r}")
+        break
+      raise ValueError(f"{str(path)!r} line {i + 1} is not valid JSON: {e}") from e
+  return out
+
+
+def read_records(path: str | os.PathLike) -> list[Record]:
+  """Every kept line of a results file, in file order ([] when the file does not exist)."""
+  path = pathlib.Path(path)
+  return _read_jsonl(path) if path.is_file() else []
+
+
+def latest_records(reproduction: Reproduction, records: Sequence[Record]) -> list[Record]:
+  """The latest line of each (label, seed), ordered by the reproduction's runs, then by seed.
+
+  Labels no longer among the runs come after, in the order they first appear.
+  """
+  latest = {}
+  for r in records:
+    if not r.get("quick"):
+      latest[(r["label"], r["seed"])] = r
+  order = [spec.label for spec in reproduction.runs]
+  order += [label for label in dict.fromkeys(label for label, _ in latest) if label not in order]
+  return [latest[key] for key in sorted(latest, key=lambda k: (order.index(k[0]), k[1]))]
+
+
+def _workdir_curves(workdir: pathlib.Path) -> tuple[list[dict], list[dict]]:
+  """(eval curve, train reward curve) from the run's metrics.jsonl; the last line of a step wins."""
+  path = workdir / "metrics.jsonl"
+  rows = _read_jsonl(path) if path.is_file() else []
+  evals, rewards = {}, {}
+  for row in rows:
+    if "step" not in row:
+      continue
+    step = int(row["step"])
+    point = {m: row[f"eval/{m}"] for m in METRICS if f"eval/{m}" in row}
+    if point:
+      evals[step] = {"step": step, **point}
+    if "train/reward" in row:
+      rewards[step] = {"step": step, "reward": row["train/reward"]}
+  return [evals[s] for s in sorted(evals)], [rewards[s] for s in sorted(rewards)]
+
+
+def _device(provenance: Mapping[str, Any]) -> str | None:
+  jax_info = provenance.get("jax")
+  kinds = jax_info.get("device_kinds") if isinstance(jax_info, dict) else None
+  if not isinstance(kinds, dict) or not kinds:
+    return None
+  return ", ".join(f"{count} x {kind}" if count != 1 else str(kind) for kind, count in kinds.items())
+
+
+def collect_record(reproduction: Reproduction, spec: RunSpec, seed: int, workdir: pathlib.Path, *,
+                   wall_s: float, quick: bool, resumed: bool) -> Record:
+  """The kept line of one finished run, read from the files it left in `workdir`."""
+  results = json.loads((workdir / "results.json").read_text(encoding="utf-8"))
+  eval_curve, train_reward = _workdir_curves(workdir)
+  provenance_file = workdir / "provenance.json"
+  provenance = json.loads(provenance_file.read_text(encoding="utf-8")) if provenance_file.is_file() else {}
+  git = provenance.get("git") if isinstance(provenance.get("git"), dict) else {}
+  packages = provenance.get("packages") if isinstance(provenance.get("packages"), dict) else {}
+  jax_version = packages.get("jax")
+  if not jax_version:
+    try:
+      jax_version = importlib.metadata.version("jax")
+    except importlib.metadata.PackageNotFoundError:
+      jax_version = None
+  return {
+      "reproduction": reproduction.name, "label": spec.label, "seed": seed, "quick": quick,
+      "config": spec.config, "overrides": dict(spec.overrides),
+      "results": results, "eval_curve": eval_curve, "train_reward": train_reward,
+      "wall_s": round(wall_s, 1), "resumed": resumed,
+      "commit": git.get("commit"), "dirty": git.get("dirty"), "jax": jax_version,
+      "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+      "device": _device(provenance), "workdir": str(workdir),
+      "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
+def append_record(path: pathlib.Path, record: Record) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+class RunFailed(RuntimeError):
+  """A training run exited with an error or left no results; the message holds its log's tail."""
+
+
+def _tail(path: pathlib.Path, start: int, lines: int = TAIL_LINES) -> str:
+  """The last `lines` lines written to `path` after byte `start` (progress-bar updates split)."""
+  with open(path, "rb") as f:
+    f.seek(start)
+    text = f.read().decode("utf-8", errors="replace")
+  kept = [line.rstrip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
+  return "\n".join(kept[-lines:])
+
+
+def run_one(reproduction: Reproduction, spec: RunSpec, seed: int, workdir: pathlib.Path, *,
+            quick: bool = False) -> Record:
+  """Runs one (spec, seed) into `workdir` and returns its kept line (not yet appended)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  resumed = (workdir / "metrics.jsonl").exists()
+  log_path = workdir / LOG_FILE
+  command = [sys.executable, "-m", "experiments.train", *spec.args(str(workdir), seed)]
+  with open(log_path, "ab") as log:
+    log.write(f"# {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')} "
+              f"{shlex.join(command)}\n".encode())
+    log.flush()
+    start_offset = log.tell()
+    start = time.perf_counter()
+    returncode = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, check=False).returncode
+    wall_s = time.perf_counter() - start
+  what = f"reproduction {reproduction.name!r}, run {spec.label!r}, seed {seed}"
+  if returncode != 0:
+    raise RunFailed(f"{what} failed (exit status {returncode}): {shlex.join(command)}\n"
+                    f"last lines of {log_path}:\n{_tail(log_path, start_offset)}")
+  if not (workdir / "results.json").is_file():
+    raise RunFailed(f"{what} finished without writing {workdir / 'results.json'}\n"
+                    f"last lines of {log_path}:\n{_tail(log_path, start_offset)}")
+  return collect_record(reproduction, spec, seed, workdir, wall_s=wall_s, quick=quick, resumed=resumed)
+
+
+def run_reproduction(reproduction: Reproduction, *, seeds: int | None = None, quick: bool = False,
+                     root: str | os.PathLike = DEFAULT_ROOT,
+                     results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR,
+                     echo: Callable[[str], None] = print) -> list[Record]:
+  """Runs every (spec, seed) of the reproduction (or of its quick variant), one after the other.
+
+  Each finished run's line is appended to the results file at once, so an interrupted
+  reproduction keeps the runs it finished.
+  """
+  specs = reproduction.quick if quick else reproduction.runs
+  if not specs:
+    raise ValueError(f"reproduction {reproduction.name!r} has no {'quick ' if quick else ''}runs")
+  seeds = (reproduction.quick_seeds if quick else reproduction.seeds) if seeds is None else seeds
+  if seeds < 1:
+    raise ValueError(f"seeds must be at least 1, got {seeds}")
+  base = _from_repo(root) / (f"{reproduction.name}.quick" if quick else reproduction.name)
+  out = results_path(_from_repo(results_dir), reproduction.name, quick)
+  records = []
+  for spec in specs:
+    for seed in range(seeds):
+      workdir = base / spec.label / f"seed{seed}"
+      echo(f"{reproduction.name}: {spec.label} seed {seed} -> {workdir}")
+      record = run_one(reproduction, spec, seed, workdir, quick=quick)
+      append_record(out, record)
+      echo(f"  {record['wall_s']:.0f} s; " + "; ".join(
+          f"{row.get('stage')} (step {row.get('step')}): "
+          + ", ".join(f"{m} {row[m]:.3f}" for m in METRICS if isinstance(row.get(m), (int, float)))
+          for row in record["results"]))
+      records.append(record)
+  return records
+
+
+def _from_repo(path: str | os.PathLike) -> pathlib.Path:
+  path = pathlib.Path(path).expanduser()
+  return path if path.is_absolute() else REPO_ROOT / path
+
+
+# -- numbers, tables and plots ---------------------------------------------------------------
+
+
+def summarise(values: Sequence[float]) -> tuple[float, float | None, int]:
+  """(mean, sample standard deviation with ddof=1 or None for one value, n)."""
+  array = np.asarray(values, dtype=np.float64)
+  if array.size == 0:
+    raise ValueError("summarise needs at least one value")
+  std = float(np.std(array, ddof=1)) if array.size > 1 else None
+  return float(np.mean(array)), std, int(array.size)
+
+
+def _num(x: float | None) -> str:
+  return "-" if x is None else f"{x:.3f}"
+
+
+def format_mean_std(values: Sequence[float]) -> str:
+  """`0.875 ± 0.012` (sample std); a single value alone."""
+  mean, std, _ = summarise(values)
+  return _num(mean) if std is None else f"{_num(mean)} ± {_num(std)}"
+
+
+@dataclasses.dataclass
+class StageRow:
+  """One results row (stage, step) of one run label, with each metric's value per seed."""
+  label: str
+  stage: str
+  step: Any
+  position: int  # among the label's rows, in results.json order
+  values: dict[str, dict[int, float]]  # metric -> seed -> value
+
+
+def stage_rows(records: Sequence[Record], metrics: Sequence[str] = METRICS) -> list[StageRow]:
+  """The results rows of the records grouped across seeds by (label, stage, step), in order."""
+  rows: dict[tuple, StageRow] = {}
+  per_label: dict[str, int] = {}
+  for record in records:
+    for result in record["results"]:
+      key = (record["label"], str(result.get("stage")), result.get("step"))
+      if key not in rows:
+        rows[key] = StageRow(key[0], key[1], key[2], per_label.get(key[0], 0), {m: {} for m in metrics})
+        per_label[key[0]] = per_label.get(key[0], 0) + 1
+      for m in metrics:
+        if isinstance(result.get(m), (int, float)):
+          rows[key].values[m][record["seed"]] = float(result[m])
+  return list(rows.values())
+
+
+def paper_value(paper: Paper | None, rows: Sequence[StageRow], row: StageRow, metric: str) -> float | None:
+  """The paper's number for `row` and `metric` (see `Paper.numbers`), or None."""
+  if paper is None:
+    return None
+  same_label = [r for r in rows if r.label == row.label]
+  for (label, stage, m), value in paper.numbers.items():
+    if label != row.label or m != metric:
+      continue
+    if isinstance(stage, int):
+      if -len(same_label) <= stage < len(same_label) and same_label[stage] is row:
+        return value
+    elif stage == row.stage and [r for r in same_label if r.stage == stage][-1] is row:
+      return value
+  return None
+
+
+def _per_seed(values: Mapping[int, float]) -> str:
+  return ", ".join(f"{seed}: {_num(values[seed])}" for seed in sorted(values))
+
+
+def _cell(text: Any) -> str:
+  return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def stage_table(reproduction: Reproduction, records: Sequence[Record],
+                metrics: Sequence[str] = METRICS) -> str:
+  """One row per results row (stage, step): each metric's mean ± sample std over the seeds,
+  its value per seed (`seed: value`) and, where the reproduction has one, the paper's number."""
+  rows = stage_rows(records, metrics)
+  several = len({r.label for r in rows}) > 1
+  paper_metrics = [m for m in metrics
+                   if any(paper_value(reproduction.paper, rows, r, m) is not None for r in rows)]
+  header = (["run"] if several else []) + ["stage", "step", "seeds"]
+  for m in metrics:
+    header += [f"{m} (mean ± std)", f"{m} per seed"]
+  header += [f"paper: {m}" for m in paper_metrics]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in rows:
+    n = max((len(v) for v in r.values.values()), default=0)
+    cells = ([r.label] if several else []) + [r.stage, r.step, n]
+    for m in metrics:
+      values = r.values[m]
+      cells += [format_mean_std(list(values.values())), _per_seed(values)] if values else ["-", "-"]
+    cells += [_num(paper_value(reproduction.paper, rows, r, m)) for m in paper_metrics]
+    lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+  return "\n".join(lines)
+
+
+def _band(curves: Sequence[Sequence[tuple[float, float]]]):
+  """Steps and the mean, min and max across curves at each step (of the curves that have it)."""
+  by_step: dict[float, list[float]] = {}
+  for curve in curves:
+    for step, value in curve:
+      if value is not None:
+        by_step.setdefault(step, []).append(value)
+  steps = sorted(by_step)
+  return (steps, [float(np.mean(by_step[s])) for s in steps], [min(by_step[s]) for s in steps],
+          [max(by_step[s]) for s in steps])
+
+
+def plot_eval_curves(reproduction: Reproduction, records: Sequence[Record], out_png: pathlib.Path) -> bool:
+  """Eval accuracy (and train reward, when logged) against the step: per run label the mean
+  over seeds, with the min-max range across seeds shaded. False when there is no curve."""
+  panels = [(m, [[(p["step"], p.get(m)) for p in r.get("eval_curve", [])] for r in records], f"eval {m}")
+            for m in METRICS]
+  rewards = [[(p["step"], p.get("reward")) for p in r.get("train_reward", [])] for r in records]
+  if any(rewards):
+    panels.append(("reward", rewards, "train reward"))
+  panels = [p for p in panels if any(curve for curve in p[1])]
+  if not panels:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  labels = list(dict.fromkeys(r["label"] for r in records))
+  fig, axes = plt.subplots(len(panels), 1, figsize=(6.4, 2.6 * len(panels)), sharex=True, squeeze=False)
+  for ax, (_, curves, ylabel) in zip(axes[:, 0], panels):
+    for i, label in enumerate(labels):
+      mine = [c for c, r in zip(curves, records) if r["label"] == label and c]
+      if not mine:
+        continue
+      steps, mean, low, high = _band(mine)
+      color = f"C{i}"
+      ax.plot(steps, mean, color=color, marker="." if len(steps) < 50 else None, linewidth=1.2,
+              label=f"{label} (mean of {len(mine)} seed{'s' if len(mine) != 1 else ''})")
+      if len(mine) > 1:
+        ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+  axes[0, 0].legend(fontsize="small", title="shaded: min-max over seeds", title_fontsize="small")
+  axes[-1, 0].set_xlabel("step")
+  fig.suptitle(reproduction.title)
+  fig.tight_layout()
+  out_png.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out_png, dpi=100)
+  plt.close(fig)
+  return True
+
+
+# -- REPRODUCTIONS.md --------------------------------------------------------------------------
+
+
+def _commands(reproduction: Reproduction, records: Sequence[Record]) -> list[str]:
+  """The reproduce command and the training commands behind the records (what they ran)."""
+  seeds = max(r["seed"] for r in records) + 1
+  lines = [f"`python -m experiments.reproduce {reproduction.name} --seeds={seeds}` runs, for S in "
+           f"{', '.join(str(s) for s in range(seeds))}:"]
+  runs = dict.fromkeys((r["label"], r["config"], json.dumps(r.get("overrides") or {}, sort_keys=True))
+                       for r in records)
+  for label, config, overrides in runs:
+    spec = RunSpec(label, config, json.loads(overrides))
+    workdir = f"{DEFAULT_ROOT}/{reproduction.name}/{label}/seed$S"
+    args = " ".join(shlex.quote(a) if "$S" not in a else a for a in spec.args(workdir, 0)[:-1])
+    lines.append(f"`python -m experiments.train {args} --config.seed=$S`")
+  return lines
+
+
+def _range(values: Sequence[str]) -> str:
+  values = sorted(set(values))
+  return values[0] if len(values) == 1 else f"{values[0]} to {values[-1]}"
+
+
+def _duration(seconds: float) -> str:
+  minutes, secs = divmod(round(seconds), 60)
+  return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def provenance_line(records: Sequence[Record]) -> str:
+  """Machine, jax version, commits, dates and wall time of the records."""
+  machines = []
+  for r in records:
+    machine = r.get("host") or "unknown host"
+    details = [d for d in (r.get("device"), f"{r['cpu_count']} CPUs" if r.get("cpu_count") else None) if d]
+    machines.append(f"{machine} ({', '.join(details)})" if details else machine)
+  commits = [(r.get("commit") or "unknown")[:7] + (" + uncommitted changes" if r.get("dirty") else "")
+             for r in records]
+  dates = [(r.get("date_utc") or "")[:10] or "unknown" for r in records]
+  seeds = sorted({r["seed"] for r in records})
+  versions = dict.fromkeys(str(r.get("jax")) for r in records)
+  line = (f"{len(records)} run{'s' if len(records) != 1 else ''} (seeds {', '.join(map(str, seeds))}) on "
+          f"{'; '.join(dict.fromkeys(machines))}, jax {', '.join(versions)}; "
+          f"commit {', '.join(dict.fromkeys(commits))}; {_range(dates)} (UTC)")
+  fresh = [r["wall_s"] for r in records if not r.get("resumed") and isinstance(r.get("wall_s"), (int, float))]
+  if fresh:
+    line += f"; wall time per run {_duration(float(np.mean(fresh)))} on average"
+    if len(fresh) < len(records):
+      line += f" (over the {len(fresh)} runs not resumed from a checkpoint)"
+  return line + "."
+
+
+def render_section(reproduction: Reproduction, records: Sequence[Record], png: pathlib.Path,
+                   output: pathlib.Path) -> str:
+  """The Markdown section of one reproduction from its latest records (writes the plot `png`)."""
+  parts = [f"## {reproduction.title}", reproduction.description.strip(),
+           "**Command.** " + "\n".join(_commands(reproduction, records)),
+           "**Runs.** " + provenance_line(records),
+           reproduction.render(reproduction, list(records))]
+  claims = reproduction.claims(list(records)) if callable(reproduction.claims) else reproduction.claims
+  if claims:
+    parts.append(claims.strip())
+  if reproduction.paper is not None:
+    parts.append(f"**Paper.** {reproduction.paper.citation} (the `paper:` columns).")
+  else:
+    parts.append("**Paper.** None: there is no published number to compare with; these are this "
+                 "project's own.")
+  if reproduction.plot(reproduction, list(records), png):
+    link = os.path.relpath(png, output.parent).replace(os.sep, "/")
+    parts.append(f"![{reproduction.name}: eval curves]({link})")
+  return "\n\n".join(parts)
+
+
+def _display(path: pathlib.Path) -> str:
+  try:
+    return str(path.resolve().relative_to(REPO_ROOT))
+  except ValueError:
+    return str(path)
+
+
+def render_document(results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR,
+                    output: str | os.PathLike = DEFAULT_OUTPUT,
+                    registry: Mapping[str, Reproduction] | None = None) -> str:
+  """Writes `output` from the full results files of the registered reproductions; returns it.
+
+  Quick files (`<NAME>.quick.jsonl`) are never read. A reproduction without results has no
+  section.
+  """
+  registry = REGISTRY if registry is None else registry
+  results_dir, output = _from_repo(results_dir), _from_repo(output)
+  sections = []
+  for name, reproduction in registry.items():
+    records = latest_records(reproduction, read_records(results_path(results_dir, name)))
+    if records:
+      sections.append(render_section(reproduction, records, results_dir / f"{name}.png", output))
+  text = "\n\n".join([
+      "# Reproductions",
+      f"Generated by `python -m experiments.reproduce --render_only` from the kept result lines in "
+      f"`{_display(results_dir)}/*.jsonl`; do not edit this file by hand. Each number is the mean ± "
+      "sample standard deviation (ddof=1) over seeds of the latest run of each seed.",
+      *(sections or ["No reproduction has kept results yet."]),
+  ]) + "\n"
+  output.parent.mkdir(parents=True, exist_ok=True)
+  tmp = output.with_name(f"{output.name}.tmp.{os.getpid()}")
+  tmp.write_text(text, encoding="utf-8")
+  os.replace(tmp, output)  # atomic: a failed render leaves the document as it was
+  return text
+
+
+# -- the main job ----------------------------------------------------------------------------
+
+
+def _compare(first: StageRow, last: StageRow, metric: str) -> str:
+  """Whether `metric`'s mean moved from `first` to `last` by more than the seeds' spread."""
+  name = METRIC_NAMES.get(metric, metric)
+  a, b = first.values[metric], last.values[metric]
+  if not a or not b:
+    return f"No {name} was kept for both stages."
+  mean_a, std_a, n_a = summarise(list(a.values()))
+  mean_b, std_b, n_b = summarise(list(b.values()))
+  change = mean_b - mean_a
+  text = (f"Mean {name} goes from {_num(mean_a)} ({first.stage}, step {first.step}) to {_num(mean_b)} "
+          f"({last.stage}, step {last.step}), a change of {change:+.3f}")
+  if std_a is None or std_b is None:
+    return text + f" over {min(n_a, n_b)} seed: one seed has no spread to compare with."
+  spread = std_a + std_b
+  if abs(change) > spread:
+    verdict = f"{'above' if change > 0 else 'below'} the first stage by more than the seeds' spread"
+  else:
+    verdict = "within the seeds' spread"
+  paired = sorted(set(a) & set(b))
+  up = sum(b[s] > a[s] for s in paired)
+  return (f"{text} over {n_b} seeds: {verdict} (the two stages' sample stds summed: {_num(spread)}); "
+          f"it rises in {up} of {len(paired)} seeds.")
+
+
+def main_job_claims(records: Sequence[Record]) -> str:
+  """First vs last results row of the main job, for each accuracy, computed from the numbers."""
+  rows = stage_rows(records)
+  if len(rows) < 2:
+    return "Only one evaluation was kept per run: there is nothing to compare."
+  return " ".join(_compare(rows[0], rows[-1], m) for m in METRICS)
+
+
+MAIN_JOB = register(Reproduction(
+    name="main_job",
+    title="The main job: GRPO on synthetic arithmetic",
+    description=(
+        "The README's main job (`configs/grpo_arithmetic.py`, no overrides): a randomly initialised "
+        "0.75M-parameter transformer is warmed up on worked solutions whose answer is off by +1 in 60% "
+        "of them, then trained with GRPO against the arithmetic verifier. Held-out accuracy on 256 "
+        "problems, greedy and sampled at T = 1, is kept after each stage. These numbers are this "
+        "project's own default experiment, repeated over seeds."),
+    runs=(RunSpec("default", "configs/grpo_arithmetic.py"),),
+    quick=(RunSpec("default", "configs/grpo_arithmetic.py:tiny"),),
+    seeds=3,
+    quick_seeds=1,
+    claims=main_job_claims,
+))
+
+
+# -- command line ----------------------------------------------------------------------------
+
+_SEEDS = flags.DEFINE_integer("seeds", None, "Seeds 0..N-1 per run (default: the reproduction's, 3; "
+                              "1 with --quick).")
+_QUICK = flags.DEFINE_bool("quick", False, "Run the reproduction's small variant into "
+                           "<results_dir>/<NAME>.quick.jsonl (never rendered).")
+_ROOT = flags.DEFINE_string("root", DEFAULT_ROOT, "Workdirs go to <root>/<NAME>/<label>/seed<S>.")
+_RESULTS_DIR = flags.DEFINE_string("results_dir", DEFAULT_RESULTS_DIR, "Where the kept lines and plots go.")
+_OUTPUT = flags.DEFINE_string("output", DEFAULT_OUTPUT, "The generated Markdown document.")
+_RENDER_ONLY = flags.DEFINE_bool("render_only", False, "Re-render the document from the kept lines; "
+                                 "run nothing.")
+
+
+def main(argv):
+  names = argv[1:]
+  if len(names) > 1:
+    raise app.UsageError(f"expected one reproduction name, got {names}")
+  if not names and not _RENDER_ONLY.value:
+    raise app.UsageError(f"name a reproduction (known: {', '.join(sorted(REGISTRY))}) or pass --render_only")
+  try:
+    reproduction = get(names[0]) if names else None
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if reproduction is not None and not _RENDER_ONLY.value:
+    run_reproduction(reproduction, seeds=_SEEDS.value, quick=_QUICK.value, root=_ROOT.value,
+                     results_dir=_RESULTS_DIR.value)
+  render_document(_RESULTS_DIR.value, _OUTPUT.value)
+  print(f"wrote {_display(_from_repo(_OUTPUT.value))}")
+
+
+if __name__ == "__main__":
+  app.run(main)

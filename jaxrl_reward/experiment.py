@@ -1,0 +1,205 @@
+"""A run: the stages of a config over one state and one step counter, resumable.
+
+    experiment = Experiment(config)          # task, roles, stages; every start-up check
+    result = experiment.run(workdir)         # trains, or resumes from the workdir's checkpoint
+
+`config.stages` names the stages in order (`("sft", "rl")` for the default experiment); a
+stage with 0 steps is skipped. Steps [s.start, s.end) belong to stage s. At the end of a
+stage the policy (or the stage's model) is evaluated, the next stage is entered (it builds
+its state from the previous one: fresh optimizers, a reference copy of the policy, new
+roles), and a checkpoint is written, so a checkpoint of step k always holds the state of the
+stage that runs step k and a resumed run lands inside whichever stage was running.
+
+Everything random derives from `config.seed` and the step, so a resumed run gives the same
+numbers as an uninterrupted one. Only process 0 writes logs; every process takes part in
+checkpoints (orbax is multi-host safe).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+from tqdm import auto as tqdm
+
+import objectives  # noqa: F401  (registers the objectives and estimators)
+from jaxrl_reward import checkpoint as checkpoint_lib
+from jaxrl_reward import metrics as metrics_lib
+from jaxrl_reward import provenance
+from jaxrl_reward import sharding
+from jaxrl_reward import stages as stages_lib
+from jaxrl_reward.data import tasks as tasks_lib
+from jaxrl_reward.state import Roles
+from objectives import estimators
+from objectives import registry
+
+
+class Experiment:
+  """Everything built from a config before any step runs (see the module docstring)."""
+
+  def __init__(self, config, *, mesh=None):
+    self.config = config
+    check_config(config)
+    known = stages_lib.registry()
+    task = tasks_lib.build_task(config.task, seed=config.seed)
+    mesh = sharding.mesh_from_config(config) if mesh is None else mesh
+    self.context = stages_lib.Context(config, task, Roles(config, task.tokenizer, mesh))
+    stages_lib.check_divides("eval.batch_size", config.eval.batch_size, self.context.placement.batch_shards)
+    self.stages: list[stages_lib.Stage] = []
+    start = 0
+    for name in config.stages:
+      stage = known[name](self.context, start)
+      stage.check()
+      if stage.steps:
+        self.stages.append(stage)
+        start = stage.end
+    if not self.stages:
+      raise ValueError(f"config.stages={tuple(config.stages)!r}: every stage has 0 steps")
+    self.total_steps = start
+
+  @property
+  def roles(self) -> Roles:
+    return self.context.roles
+
+  @property
+  def mesh(self):
+    return self.context.placement.mesh
+
+  def stage_index(self, step: int) -> int:
+    """The stage that runs step `step` (0-based); the last stage once every step is done."""
+    for i, stage in enumerate(self.stages):
+      if step < stage.end:
+        return i
+    return len(self.stages) - 1
+
+  def stage(self, name: str) -> stages_lib.Stage:
+    for stage in self.stages:
+      if stage.name == name:
+        return stage
+    raise KeyError(f"no stage {name!r} with steps in this run; its stages: {[s.name for s in self.stages]}")
+
+  def initial_state(self):
+    return self.stages[0].enter({})
+
+  def abstract_state(self, step: int):
+    """ShapeDtypeStructs (with target shardings) of the state a checkpoint of `step` holds."""
+    stage = self.stages[self.stage_index(step)]
+    shapes = jax.eval_shape(lambda: stage.enter({}))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, stage.state_shardings())
+
+  def restore(self, workdir) -> tuple[Any, int]:
+    """(state, step) of the latest checkpoint in `workdir`."""
+    with checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints") as ckpt:
+      step = ckpt.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+      state, _ = ckpt.restore(self.abstract_state(step), step=step)
+    return state, step
+
+  # -- the loop ----------------------------------------------------------------------------
+
+  def run(self, workdir, *, stop_at: int | None = None) -> dict[str, Any]:
+    """Trains until the last step (or until `stop_at` steps are done, as a preempted job would)."""
+    cfg = self.config
+    workdir = provenance.prepare_workdir(workdir)
+    is_main = jax.process_index() == 0
+    end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+    if is_main:
+      provenance.write_config(workdir, cfg)
+      provenance.write_provenance(workdir, extra={
+          "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
+          "mesh": dict(self.mesh.shape), "stages": [[s.name, s.start, s.end] for s in self.stages],
+          # What the open blocks resolved to: the objective's and estimator's full options.
+          "objective": {"name": cfg.objective.name,
+                        "options": registry.resolve_options(cfg.objective.name, cfg.objective.options)},
+          **({"advantage": {"estimator": cfg.advantage.estimator, "options": estimators.resolve_options(
+              cfg.advantage.estimator, cfg.advantage.get("options") or {})}} if "rl" in cfg.stages else {})})
+    logger = metrics_lib.MetricsLogger(workdir, enabled=is_main)
+    ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", max_to_keep=2)
+    start = ckpt.latest_step()
+    if start is None:
+      start, state = 0, self.initial_state()
+      logger.truncate_after(-1)
+      if self.stages[0].evaluates_initial_policy:  # no warm-up: measure the starting policy
+        logger.log(0, {**self.stages[0].evaluate(state, 0), "eval/stage": -1.0})
+    else:
+      state, _ = ckpt.restore(self.abstract_state(start), step=start)
+      logger.truncate_after(start)
+
+    bar = tqdm.tqdm(range(start, end), initial=start, total=self.total_steps, disable=not is_main,
+                    desc="train", dynamic_ncols=True)
+    postfix: dict[str, float] = {}
+    for step in bar:
+      i = self.stage_index(step)
+      stage = self.stages[i]
+      state, metrics = stage.step(state, step)
+      done = step + 1
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      metrics["train/stage"] = float(i)
+      if done % cfg.log_every == 0 or done == self.total_steps:
+        logger.log(done, metrics)
+      saved = False
+      if done == stage.end or (stage.eval_every and (done - stage.start) % stage.eval_every == 0):
+        evaluation = stage.evaluate(state, done)
+        logger.log(done, {**evaluation, "eval/stage": float(i)})
+        postfix.update({k.split("/")[-1]: v for k, v in evaluation.items() if "accuracy" in k})
+      if done == stage.end and i + 1 < len(self.stages):
+        state = self.stages[i + 1].enter(state)
+        saved = ckpt.save(done, state, force=True)
+      if not saved and (done % cfg.checkpoint_every == 0 or done == self.total_steps):
+        ckpt.save(done, state, force=True)
+      for key in ("loss/total", "loss/sft", "train/reward"):
+        if key in metrics:
+          postfix[key.split("/")[-1]] = metrics[key]
+      bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()})
+    ckpt.wait()
+    ckpt.close()
+    logger.close()
+    self.state = state
+    return self.summarise(workdir)
+
+  def summarise(self, workdir) -> dict[str, Any]:
+    """The results table (the last evaluation of each stage) -> results.md/json and the plot."""
+    workdir = pathlib.Path(workdir)
+    history = metrics_lib.read_metrics(workdir / "metrics.jsonl")
+    labels = {-1.0: "initial", **{float(i): f"after {s.label}" for i, s in enumerate(self.stages)}}
+    rows = []
+    for stage, label in labels.items():
+      evals = [r for r in history if r.get("eval/stage") == stage]
+      if evals:
+        last = evals[-1]
+        rows.append({"stage": label, "step": last["step"],
+                     **{k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("eval/") and k != "eval/stage"}})
+    columns = ["stage", "step"] + list(dict.fromkeys(k for r in rows for k in r if k not in ("stage", "step")))
+    table = metrics_lib.format_table(rows, columns)
+    if jax.process_index() == 0:
+      (workdir / "results.md").write_text(table + "\n")
+      (workdir / "results.json").write_text(json.dumps(rows, indent=2))
+      metrics_lib.plot_curves(workdir / "metrics.jsonl", workdir / "reward_curve.png",
+                              title=f"{self.config.objective.name} on {self.config.task.name}")
+    return {"rows": rows, "table": table}
+
+
+def check_config(config) -> None:
+  """Every check that needs only the config (names, options, batch arithmetic), in seconds:
+  `Experiment` runs it before building the task and the models."""
+  known = stages_lib.registry()
+  names = tuple(config.stages)
+  unknown = [n for n in names if n not in known]
+  if not names or unknown:
+    raise ValueError(f"config.stages={names!r}: unknown stage(s) {unknown}; known: {sorted(known)}")
+  # config.objective trains the run's RL or reward-model stage: it must be of that stage.
+  kind = registry.spec(config.objective.name).stage
+  if kind not in names:
+    raise ValueError(f"config.objective.name={config.objective.name!r} is an objective of the {kind!r} stage, "
+                     f"but config.stages={tuple(names)!r} has no {kind!r} stage; objectives of its stages: "
+                     f"{[n for s in names for n in registry.names(s)]}")
+  for name in names:
+    known[name].check_config(config)
+
+
+def train(config, workdir, *, mesh=None, stop_at: int | None = None) -> dict[str, Any]:
+  """Builds the experiment of `config` and runs it in `workdir` (resuming from its checkpoint)."""
+  return Experiment(config, mesh=mesh).run(workdir, stop_at=stop_at)

@@ -1,0 +1,1 @@
+"""What is trained, behind one interface (see `base.Policy`): `lm` for token sequences."""

@@ -1,0 +1,100 @@
+"""In-jit rewards: pure functions of the rollout and of models in the state.
+
+A host-side reward (`rewards.base`) scores decoded text on the host and gives `[B]`. An
+in-jit reward runs inside a compiled function on the rollout's arrays and may read models
+of the training state, so it can give per-token rewards:
+
+    @register_model_reward("implicit_prm", level="token", roles=("prm", "reference"))
+    def implicit_prm(rollout, roles, *, beta=0.05):
+      return objectives.implicit_prm.token_rewards(
+          roles["prm"].outputs(rollout), roles["reference"].outputs(rollout), rollout["mask"], beta=beta)
+
+- `rollout`: the `Rollout` (reads like a dict of `[B, ...]` arrays).
+- `roles`: a mapping from the role names the reward declared to `BoundRole`s: the role's
+  parameters (`.params`), its scorer (`.scorer`, for a forward pass of your own) and
+  `.outputs(rollout)`, its per-step outputs on the rollout (log-probs of an "lm" role,
+  values of a "value" role).
+- Options are the keyword-only arguments (defaults = the reward's defaults), set per reward
+  in `config.rewards.options.<name>`.
+- `level`: "sequence" (returns `[B]`) or "token" (returns `[B, T]`, 0 on masked steps).
+
+`roles` declared here must exist in the run (`config.roles`, or the built-in `policy` and
+`reference`); the engine checks that when the run starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable, Mapping
+
+import jax
+
+from objectives import implicit_prm
+from objectives import registry as objective_registry
+
+LEVELS = ("sequence", "token")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReward:
+  name: str
+  fn: Callable[..., jax.Array]
+  level: str
+  roles: tuple[str, ...]
+  options: objective_registry.Options
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundRole:
+  """A role's parameters and scorer inside a compiled reward."""
+  params: Any
+  scorer: Any
+
+  def outputs(self, rollout) -> jax.Array:
+    return self.scorer.outputs(self.params, rollout)
+
+
+_REGISTRY: dict[str, ModelReward] = {}
+
+
+def register_model_reward(name: str, *, level: str, roles: tuple[str, ...] = (), overwrite: bool = False):
+  """Decorator registering an in-jit reward `fn(rollout, roles, **options)` under `name`."""
+  if level not in LEVELS:
+    raise ValueError(f"level={level!r} is not one of {LEVELS}")
+
+  def decorator(fn):
+    if name in _REGISTRY and not overwrite and _REGISTRY[name].fn is not fn:
+      raise ValueError(f"in-jit reward {name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[name] = ModelReward(name, fn, level, tuple(roles),
+                                  objective_registry.signature_options(fn, positional=2))
+    return fn
+
+  return decorator
+
+
+def is_registered(name: str) -> bool:
+  return name in _REGISTRY
+
+
+def get(name: str) -> ModelReward:
+  if name not in _REGISTRY:
+    close = difflib.get_close_matches(name, list(_REGISTRY), 1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise KeyError(f"unknown in-jit reward {name!r}{hint}; registered: {sorted(_REGISTRY)}")
+  return _REGISTRY[name]
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+@register_model_reward("implicit_prm", level="token", roles=("prm", "reference"))
+def implicit_prm_reward(rollout, roles, *, beta=0.05):
+  """Token rewards of an implicit PRM role: beta (log pi_prm - log pi_ref) (arXiv 2412.01981).
+
+  Uses `rollout["ref_logp"]` when the engine already computed the reference's log-probs.
+  """
+  ref = rollout.get("ref_logp")
+  if ref is None:
+    ref = roles["reference"].outputs(rollout)
+  return implicit_prm.token_rewards(roles["prm"].outputs(rollout), ref, rollout["mask"], beta=beta)

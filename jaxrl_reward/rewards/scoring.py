@@ -1,0 +1,152 @@
+"""The rewards of a run (`config.rewards`): host-side text functions and in-jit rewards, combined.
+
+`config.rewards.names` lists reward names, each either a host-side function registered with
+`rewards.base.register_reward` (TRL's `fn(prompts, completions, **columns) -> [B]`, `None` for
+a missing reward) or an in-jit reward registered with
+`rewards.model_rewards.register_model_reward` (`[B]` or `[B, T]`, may read models of the state);
+`config.rewards.weights` weighs them and `config.rewards.options.<name>` sets an in-jit reward's
+options. `RewardSet.score` puts on the rollout:
+
+- `outcome_rewards` `[B]`: the weighted sum of the per-sequence rewards (missing host rewards
+  skipped, TRL's `nansum`);
+- `token_rewards` `[B, T]`: the weighted sum of the per-token rewards (only when there are some);
+- `rewards`: `outcome_rewards` when every reward is per sequence, else `token_rewards` plus the
+  outcome placed on each row's last completion token;
+- `valid` `[B]`: False where every host-side reward was missing (those rows get advantage 0);
+- `labels` `[B]` (when asked): the verifier's score (`config.rewards.eval_name`) in [0, 1],
+  the outcome labels of a reward model.
+
+With several processes each one scores its own rows with the host-side functions; the scores
+are gathered so that every process holds the whole batch's rewards.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_reward import sharding
+from jaxrl_reward.rewards import base as host_rewards
+from jaxrl_reward.rewards import model_rewards
+from jaxrl_reward.rollout import Rollout
+from objectives import advantages as advantages_lib
+from objectives import registry as objective_registry
+
+
+def columns_of(examples: Sequence[dict]) -> dict[str, list]:
+  """Every field but the prompt, as the keyword columns of the reward functions (TRL style)."""
+  return {k: [e[k] for e in examples] for k in examples[0] if k != "prompt"}
+
+
+def _host_or_model(name: str):
+  if name in host_rewards.reward_names():
+    return host_rewards.get_reward(name), None
+  if model_rewards.is_registered(name):
+    return None, model_rewards.get(name)
+  raise KeyError(f"config.rewards.names: unknown reward {name!r}; host-side rewards: "
+                 f"{host_rewards.reward_names()}; in-jit rewards: {model_rewards.names()}")
+
+
+def reward_specs(rewards_config) -> tuple[list[tuple[str, Any, float]], list[tuple[Any, float, dict]]]:
+  """(host-side rewards as (name, fn, weight), in-jit rewards as (spec, weight, options)) of
+  `config.rewards`; raises naming the key of an unknown reward, option or length mismatch."""
+  names, weights = tuple(rewards_config.names), tuple(float(w) for w in rewards_config.weights)
+  if len(names) != len(weights):
+    raise ValueError(f"rewards.names has {len(names)} entries but rewards.weights has {len(weights)}")
+  options = {k: dict(v) for k, v in (rewards_config.get("options") or {}).items()}
+  host, model = [], []
+  for name, weight in zip(names, weights):
+    fn, spec = _host_or_model(name)
+    if fn is not None:
+      if name in options:
+        raise ValueError(f"config.rewards.options.{name}: host-side reward {name!r} takes no options")
+      host.append((name, fn, weight))
+    else:
+      model.append((spec, weight, objective_registry.resolve("in-jit reward", name, spec.options,
+                                                             options.get(name, {}))))
+  stray = sorted(set(options) - set(names))
+  if stray:
+    raise ValueError(f"config.rewards.options has entries for {stray}, which are not in rewards.names {names}")
+  host_rewards.get_reward(rewards_config.eval_name)  # raises naming the registered rewards
+  return host, model
+
+
+class RewardSet:
+  """Scores rollouts with a config's rewards (see the module docstring)."""
+
+  def __init__(self, rewards_config, roles, *, with_labels: bool = False):
+    self.host, self.model = reward_specs(rewards_config)
+    self.roles = roles
+    self.role_names = sorted({r for spec, _, _ in self.model for r in spec.roles})
+    for r in self.role_names:
+      roles[r]  # raises naming the run's roles  # noqa: B018
+    self.has_token_rewards = any(spec.level == "token" for spec, _, _ in self.model)
+    self.label_fn = host_rewards.get_reward(rewards_config.eval_name) if with_labels else None
+    if self.model:
+      placement = roles["policy"].placement
+      self._model_terms = placement.jit(
+          self._model_terms_fn,
+          in_shardings=({r: roles[r].placement.params for r in self.role_names}, placement.rows),
+          out_shardings=(placement.rows, placement.rows, placement.replicated))
+
+  @property
+  def needs_reference(self) -> bool:
+    return "reference" in self.role_names
+
+  def _model_terms_fn(self, params, rollout):
+    bound = {r: model_rewards.BoundRole(params[r], self.roles[r].scorer) for r in self.role_names}
+    b, t = rollout.mask.shape
+    seq, tok, means = jnp.zeros((b,), jnp.float32), jnp.zeros((b, t), jnp.float32), {}
+    for spec, weight, options in self.model:
+      value = jnp.asarray(spec.fn(rollout, {r: bound[r] for r in spec.roles}, **options), jnp.float32)
+      shape = (b,) if spec.level == "sequence" else (b, t)
+      if value.shape != shape:
+        raise ValueError(f"in-jit reward {spec.name!r} ({spec.level}) returned shape {value.shape}, "
+                         f"expected {shape}")
+      if spec.level == "sequence":
+        seq = seq + weight * value
+        means[spec.name] = jnp.mean(value)
+      else:
+        tok = tok + weight * value * rollout.mask
+        means[spec.name] = jnp.mean(jnp.sum(value * rollout.mask, axis=-1))
+    return seq, tok, means
+
+  def score(self, rollout: Rollout, state: Mapping[str, Any], *, prompts: Sequence[str],
+            completions: Sequence[str], columns: Mapping[str, Sequence[Any]]) -> tuple[Rollout, dict]:
+    """Rewards of every row; `prompts`, `completions`, `columns` are this process's rows.
+
+    Returns the rollout with the reward fields set and the mean of each reward function
+    (`train/rewards/<name>`).
+    """
+    stats: dict[str, float] = {}
+    b = rollout.num_rows
+    placement = self.roles["policy"].placement
+    to_rows = lambda x: sharding.to_global(  # noqa: E731  (a full [B, ...] array on every process)
+        np.asarray(x)[sharding.host_rows(placement.mesh, placement.rules, b)], placement.mesh,
+        placement.rules, b)
+    outcome, valid = np.zeros((b,), np.float32), np.ones((b,), bool)
+    if self.host:
+      local = host_rewards.compute_rewards([fn for _, fn, _ in self.host], prompts, completions, columns)
+      per_fn = sharding.gather_rows(np.asarray(local, np.float32))  # [B, F]
+      weights = np.asarray([w for _, _, w in self.host], np.float32)
+      combined, all_missing = advantages_lib.combine_rewards(jnp.asarray(per_fn), jnp.asarray(weights))
+      outcome, valid = np.asarray(combined, np.float32), ~np.asarray(all_missing)
+      for (name, _, _), col in zip(self.host, per_fn.T):
+        stats[f"train/rewards/{name}"] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
+    outcome = to_rows(outcome)
+    values = {"outcome_rewards": outcome, "valid": to_rows(valid)}
+    rewards = outcome
+    if self.model:
+      seq, tok, means = self._model_terms({r: state[r]["params"] for r in self.role_names}, rollout)
+      stats.update({f"train/rewards/{k}": float(v) for k, v in jax.device_get(means).items()})
+      values["outcome_rewards"] = rewards = outcome + seq
+      if self.has_token_rewards:
+        values["token_rewards"] = tok
+        rewards = tok + advantages_lib.outcome_to_token_rewards(rewards, rollout.mask)
+    if self.label_fn is not None:
+      labels = self.label_fn(prompts=list(prompts), completions=list(completions), **columns)
+      local = np.clip(np.asarray([0.0 if v is None else float(v) for v in labels], np.float32), 0.0, 1.0)
+      values["labels"] = sharding.to_global(local, placement.mesh, placement.rules, b)
+    return rollout.update(rewards=rewards, **values), stats

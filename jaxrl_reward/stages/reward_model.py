@@ -1,0 +1,149 @@
+"""The reward-model stage: train a (process) reward model role on the policy's own samples,
+labelled by outcome only.
+
+Each step samples `rollout.group_size` completions for each of `rollout.prompts_per_step`
+training prompts from the frozen policy, labels each by the verifier
+(`config.rewards.eval_name`, clipped to [0, 1]), computes the reference role's log-probs (a
+frozen copy of the policy, the implicit PRM's pi_ref), and updates the role named
+`config.reward_model.role` (declared in `config.roles`, `kind="lm"`; `init="policy"` starts it
+from the policy) with `config.objective` (an objective of the "reward_model" stage:
+`implicit_prm_ce`, `implicit_prm_dpo`, `implicit_prm_kto`), accumulated over
+`train.grad_accum_steps` micro-batches of whole groups. The evaluation samples the held-out
+prompts once and reports how well the role's outcome score r = sum of its token rewards
+separates correct from incorrect samples.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_reward import learner
+from jaxrl_reward import optim
+from jaxrl_reward import sharding
+from jaxrl_reward import stages
+from jaxrl_reward.data import batching
+from jaxrl_reward.rewards import scoring
+from jaxrl_reward.stages import rl
+from jaxrl_reward.state import role_specs
+from objectives import registry
+
+
+class RewardModel(stages.Stage):
+  name = "reward_model"
+  label = "reward model"
+
+  @staticmethod
+  def check_config(config) -> None:
+    c = config
+    if "reward_model" not in c:
+      raise ValueError("config.stages has 'reward_model' but the config has no reward_model block "
+                       "(steps, role, eval_every); see configs/implicit_prm.py")
+    specs = role_specs(c)
+    role = c.reward_model.role
+    if role not in specs or specs[role].kind != "lm":
+      raise ValueError(f"config.reward_model.role={role!r} must name a language-model role of config.roles "
+                       f"(kind='lm'); config.roles has {sorted(specs)}")
+    rl.check_objective(c.objective.name, stage="reward_model", inputs="logprobs", where="config.objective.name")
+    registry.resolve_options(c.objective.name, c.objective.options)
+    scoring.reward_specs(c.rewards)
+    if c.rollout.prompts_per_step % c.train.grad_accum_steps:
+      raise ValueError(f"rollout.prompts_per_step={c.rollout.prompts_per_step} does not split into "
+                       f"train.grad_accum_steps={c.train.grad_accum_steps} micro-batches of whole groups")
+
+  def __init__(self, context: stages.Context, start: int):
+    super().__init__(context, start)
+    c = context.config
+    self.steps = int(c.reward_model.steps)
+    self.eval_every = int(c.reward_model.get("eval_every", 0) or 0)
+    self.role = c.reward_model.role
+    roles = context.roles
+    role = roles[self.role]
+    self.objective = registry.spec(c.objective.name)
+    self.options = registry.resolve_options(c.objective.name, c.objective.options)
+    self.group_size, self.prompts = int(c.rollout.group_size), int(c.rollout.prompts_per_step)
+    self.accum = int(c.train.grad_accum_steps)
+    self.rewards = scoring.RewardSet(c.rewards, roles, with_labels=True)
+    self.optimizer = optim.from_config(c.optim, roles.specs[self.role].lr, total_steps=self.steps,
+                                       schedule="constant", warmup_steps=0)
+    self.placement = role.placement.with_optimizer(self.optimizer, role.abstract_params)
+    self.loss = learner.objective_loss(role.scorer, self.objective.fn, self.options)
+    self.update = learner.make_update(self.loss, self.optimizer, self.placement, num_microbatches=self.accum,
+                                      group_size=self.group_size, loss_key=f"loss/{self.role}")
+    scorer, rows = role.scorer, context.placement.rows
+    beta = float(self.options.get("beta", 1.0))
+    self._scores = context.placement.jit(
+        lambda params, rollout: beta * jnp.sum((scorer.outputs(params, rollout) - rollout.ref_logp)
+                                               * rollout.mask, axis=-1),
+        in_shardings=(self.placement.params, rows), out_shardings=rows)
+
+  def check(self) -> None:
+    stages.check_divides("rollout batch (prompts_per_step x group_size)", self.prompts * self.group_size,
+                         self.ctx.placement.batch_shards)
+    b, t, p = self.prompts * self.group_size // self.accum, self.ctx.config.task.max_completion_length, \
+        self.ctx.config.task.max_prompt_length
+    f32, i32 = (lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)), (lambda *s: jax.ShapeDtypeStruct(s, jnp.int32))
+    from jaxrl_reward.rollout import Rollout  # noqa: PLC0415
+    rollout = Rollout(actions=i32(b, t), mask=f32(b, t), old_logp=f32(b, t), group_ids=i32(b), rewards=f32(b),
+                      ref_logp=f32(b, t), extras={"prompt_ids": i32(b, p), "prompt_mask": i32(b, p),
+                                                  "labels": f32(b), "outcome_rewards": f32(b)})
+    jax.eval_shape(self.loss, self.ctx.roles[self.role].abstract_params, rollout)
+
+  def enter(self, state):
+    roles = self.ctx.roles
+    new = {"policy": {"params": state["policy"]["params"] if "policy" in state
+                      else roles.create("policy", state)}}
+    new["reference"] = {"params": roles.create("reference", new)}
+    params = roles.create(self.role, new)
+    new[self.role] = {"params": params, "opt_state": self.placement.jit(
+        self.optimizer.init, in_shardings=(self.placement.params,), out_shardings=self.placement.opt_state)(params)}
+    return new
+
+  def state_shardings(self):
+    roles = self.ctx.roles
+    return {"policy": {"params": roles["policy"].placement.params},
+            "reference": {"params": roles["reference"].placement.params},
+            self.role: {"params": self.placement.params, "opt_state": self.placement.opt_state}}
+
+  def labelled_samples(self, state, examples: list[dict], key):
+    """The policy's samples of `examples`, with the verifier's labels and reference log-probs."""
+    ctx, policy = self.ctx, self.ctx.roles.policy
+    conditions, local = stages.prompt_groups(ctx, examples, self.group_size)
+    rollout = policy.sample(state["policy"]["params"], conditions, key)
+    rollout = rollout.update(ref_logp=ctx.roles["reference"].scorer.compute_logprobs(
+        state["reference"]["params"], rollout))
+    rollout, stats = self.rewards.score(rollout, state, prompts=[e["prompt"] for e in local],
+                                        completions=policy.decode(rollout), columns=scoring.columns_of(local))
+    return rollout, stats
+
+  def step(self, state, step: int):
+    c = self.ctx.config
+    idx = batching.batch_indices(len(self.ctx.task.train), self.prompts, seed=c.seed + 2, step=step - self.start)
+    rollout, stats = self.labelled_samples(state, [self.ctx.task.train[i] for i in idx],
+                                           jax.random.fold_in(self.ctx.key, step))
+    role = state[self.role]
+    params, opt_state, metrics = self.update(role["params"], role["opt_state"], rollout)
+    return {**state, self.role: {"params": params, "opt_state": opt_state}}, {**metrics, **stats}
+
+  def evaluate(self, state, step: int) -> dict[str, float]:
+    """Outcome-score quality of the role on sampled held-out solutions: the fraction of
+    (correct, incorrect) pairs of the same problem it orders right, and the label accuracy
+    of sign(r)."""
+    ctx = self.ctx
+    examples = ctx.task.eval[: len(ctx.task.eval) // self.prompts * self.prompts]
+    if not examples:
+      raise ValueError(f"task.num_eval={len(ctx.task.eval)} is below rollout.prompts_per_step={self.prompts}")
+    scores, labels = [], []
+    gather = lambda x: sharding.gather_rows(sharding.local_rows(x))  # noqa: E731
+    for start in range(0, len(examples), self.prompts):
+      key = jax.random.fold_in(jax.random.fold_in(ctx.key, step), start + (1 << 20))
+      rollout, _ = self.labelled_samples(state, examples[start:start + self.prompts], key)
+      scores.append(gather(self._scores(state[self.role]["params"], rollout)))
+      labels.append(gather(rollout["labels"]))
+    r, y = np.concatenate(scores).reshape(-1, self.group_size), np.concatenate(labels).reshape(-1, self.group_size)
+    correct, wrong = y[:, :, None] > 0.5, y[:, None, :] <= 0.5
+    pairs = correct & wrong
+    ordered = (r[:, :, None] > r[:, None, :]) & pairs
+    return {"eval/pair_accuracy": float(ordered.sum() / max(pairs.sum(), 1)),
+            "eval/label_accuracy": float(np.mean((r > 0) == (y > 0.5))),
+            "eval/num_pairs": float(pairs.sum())}

@@ -1,0 +1,306 @@
+"""The RL stage: rollouts -> rewards -> advantages -> objective -> optax, every step.
+
+Each step (`config.rollout`, `config.train`):
+1. samples `group_size` completions for each of `prompts_per_step` prompts from the policy
+   (`Rollout`: actions, sampler log-probs, mask, group ids);
+2. old log-probs (`train.old_logp`): the sampler's ("sampler"), or a teacher-forced pass
+   under the rollout parameters ("recompute"; "auto" picks it for bfloat16, where sampler
+   and learner log-probs differ), with an optional truncated importance weight
+   min(pi_learner / pi_sampler, `train.tis_cap`) and `stats/sampler_logp_gap` (mean |gap|)
+   logged either way;
+3. the reference role's log-probs when the objective, a reward or a role's objective reads
+   them; the value role's values when the estimator needs them;
+4. rewards (`rewards.scoring.RewardSet`: host-side text functions and in-jit rewards, `[B]`
+   or `[B, T]`) and advantages from the estimator named `config.advantage.estimator`
+   (`objectives.estimators`, options `config.advantage.options`);
+5. one update of each further trainable role (`config.roles`: a process reward model with its
+   reward-model objective on the verifier's labels, a value model on the returns), scored
+   before it is updated;
+6. `num_iterations` passes over the batch, each split into `num_minibatches` optimizer steps
+   of whole groups, each accumulated over `grad_accum_steps` micro-batches of whole groups.
+
+Everything random derives from `config.seed` and the step (`fold_in`), so a run resumed from a
+checkpoint gives the same numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_reward import learner
+from jaxrl_reward import optim
+from jaxrl_reward import stages
+from jaxrl_reward.data import batching
+from jaxrl_reward.rewards import scoring
+from jaxrl_reward.rollout import Rollout
+from jaxrl_reward.state import role_specs
+from objectives import advantages as advantages_lib
+from objectives import estimators
+from objectives import registry
+
+OLD_LOGP = ("auto", "sampler", "recompute")
+
+
+def check_objective(name: str, *, stage: str, inputs: str, where: str) -> registry.Objective:
+  """The registered objective `name`, or an error saying why it cannot train at `where`."""
+  spec = registry.spec(name)
+  if spec.stage != stage:
+    raise ValueError(f"{where}={name!r} is an objective of the {spec.stage!r} stage, not of the {stage!r} "
+                     f"stage; objectives of the {stage!r} stage: {registry.names(stage)}")
+  if spec.inputs != inputs:
+    raise ValueError(f"{where}={name!r} reads {spec.inputs}, but this model gives {inputs}")
+  return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What an RL stage runs with, read and checked from the config alone (no model is built)."""
+  objective: registry.Objective
+  options: dict
+  estimator: str
+  estimator_options: dict
+  role_objectives: dict  # trainable extra role -> (objective, options)
+  value_role: str | None
+  needs_labels: bool
+  needs_reference: bool
+  old_logp: str
+  tis_cap: float
+
+
+def settings(config) -> Settings:
+  """The RL stage's settings of `config`; every error names the config key."""
+  c, r, t = config, config.rollout, config.train
+  objective = check_objective(c.objective.name, stage="rl", inputs="logprobs", where="config.objective.name")
+  options = registry.resolve_options(c.objective.name, c.objective.options)
+  estimator = c.advantage.estimator
+  estimator_options = estimators.resolve_options(estimator, c.advantage.get("options") or {})
+  specs = role_specs(config)
+  value_role = next((n for n, s in specs.items() if s.kind == "value"), None)
+  if "values" in estimators.needs(estimator) and value_role is None:
+    raise ValueError(f"advantage.estimator={estimator!r} needs a value role: add one to config.roles "
+                     "(kind='value', trainable=True, objective='value_mse')")
+  role_objectives = {}
+  for n, spec in specs.items():
+    if spec.trainable:
+      kind = "values" if spec.kind == "value" else "logprobs"
+      role_objectives[n] = (
+          check_objective(spec.objective, stage="rl" if kind == "values" else "reward_model", inputs=kind,
+                          where=f"config.roles.{n}.objective"),
+          registry.resolve(f"objective (role {n!r})", spec.objective, registry.spec(spec.objective).options,
+                           spec.options))
+  _, model_rewards = scoring.reward_specs(c.rewards)
+  needs_reference = (objective.needs_reference(options) or any("reference" in m.roles for m, _, _ in model_rewards)
+                     or any(o.needs_reference(opts) for o, opts in role_objectives.values()))
+  old_logp = t.get("old_logp", "auto")
+  if old_logp not in OLD_LOGP:
+    raise ValueError(f"train.old_logp={old_logp!r} is not one of {OLD_LOGP}")
+  if old_logp == "auto":
+    old_logp = "recompute" if c.model.dtype == "bfloat16" else "sampler"
+  tis_cap = float(t.get("tis_cap", 0.0) or 0.0)
+  if tis_cap and old_logp != "recompute":
+    raise ValueError("train.tis_cap corrects the sampler/learner mismatch of recomputed old log-probs; "
+                     "it needs train.old_logp='recompute'")
+  if r.group_size < 2:
+    raise ValueError(f"rollout.group_size must be >= 2 for group-relative training, got {r.group_size}")
+  if r.prompts_per_step % (t.num_minibatches * t.grad_accum_steps):
+    raise ValueError(
+        f"rollout.prompts_per_step={r.prompts_per_step} does not split into train.num_minibatches="
+        f"{t.num_minibatches} x train.grad_accum_steps={t.grad_accum_steps} parts of whole groups; make "
+        "prompts_per_step a multiple of num_minibatches x grad_accum_steps")
+  return Settings(objective, options, estimator, estimator_options, role_objectives, value_role,
+                  needs_labels=any(specs[n].kind == "lm" for n in role_objectives),
+                  needs_reference=bool(needs_reference), old_logp=old_logp, tis_cap=tis_cap)
+
+
+class RL(stages.Stage):
+  name = "rl"
+  evaluates_initial_policy = True
+  check_config = staticmethod(settings)
+
+  def __init__(self, context: stages.Context, start: int):
+    super().__init__(context, start)
+    c = context.config
+    r, t = c.rollout, c.train
+    roles = context.roles
+    s = settings(c)
+    self.steps = int(t.steps)
+    self.eval_every = int(c.eval.every)
+    self.group_size, self.prompts = int(r.group_size), int(r.prompts_per_step)
+    self.objective, self.options, self.label = s.objective, s.options, c.objective.name.upper()
+    self.estimator, self.estimator_options = s.estimator, s.estimator_options
+    self.old_logp, self.tis_cap, self.value_role = s.old_logp, s.tis_cap, s.value_role
+    self.needs_reference = s.needs_reference
+    # Every role of config.roles is in the state; the trainable ones update online.
+    self.extra_roles = [n for n in roles.specs if n not in ("policy", "reference")]
+    self.trained_roles = list(s.role_objectives)
+    self.role_names = ["policy"] + (["reference"] if self.needs_reference else []) + self.extra_roles
+    self.rewards = scoring.RewardSet(c.rewards, roles, with_labels=s.needs_labels)
+    role_objectives = s.role_objectives
+
+    # Optimizers and updates.
+    self.num_iterations, self.num_minibatches = int(t.num_iterations), int(t.num_minibatches)
+    self.accum = int(t.grad_accum_steps)
+    updates_per_step = self.num_iterations * self.num_minibatches
+    o = c.optim
+    optimizer = optim.from_config(o, o.lr, total_steps=self.steps * updates_per_step, schedule=o.schedule,
+                                  warmup_steps=o.warmup_steps * updates_per_step)
+    trained = {"policy": (optimizer, self.objective, self.options, "loss/total"),
+               **{n: (optim.from_config(o, roles.specs[n].lr, total_steps=self.steps, schedule="constant",
+                                        warmup_steps=0), objective, options, f"loss/{n}")
+                  for n, (objective, options) in role_objectives.items()}}
+    self.optimizers, self.placements, self.losses, self.updates = {}, {}, {}, {}
+    for n, (opt, objective, options, loss_key) in trained.items():
+      role = roles[n]
+      self.optimizers[n] = opt
+      self.placements[n] = role.placement.with_optimizer(opt, role.abstract_params)
+      self.losses[n] = learner.objective_loss(role.scorer, objective.fn, options)
+      self.updates[n] = learner.make_update(self.losses[n], opt, self.placements[n], num_microbatches=self.accum,
+                                            group_size=self.group_size, loss_key=loss_key)
+    rows, replicated = self.ctx.placement.rows, self.ctx.placement.replicated
+    self._take_rows = self.ctx.placement.jit(lambda batch, idx: jax.tree.map(lambda x: x[idx], batch),
+                                             in_shardings=(rows, replicated), out_shardings=rows)
+    self._advantages = self.ctx.placement.jit(self._advantages_fn, in_shardings=(rows,), out_shardings=rows)
+    self._stats = self.ctx.placement.jit(self._stats_fn, in_shardings=(rows,), out_shardings=replicated)
+
+  # -- start-up checks --------------------------------------------------------------------
+
+  def check(self) -> None:
+    rows = self.prompts * self.group_size
+    stages.check_divides("rollout batch (prompts_per_step x group_size / train.num_minibatches)",
+                         rows // self.num_minibatches, self.ctx.placement.batch_shards)
+    # Trace every loss once on abstract inputs: a bad option fails here, in seconds.
+    rollout = jax.eval_shape(self._advantages_fn, self.abstract_rollout(rows // (self.num_minibatches * self.accum)))
+    for name, loss in self.losses.items():
+      jax.eval_shape(loss, self.ctx.roles[name].abstract_params, rollout)
+
+  def abstract_rollout(self, b: int) -> Rollout:
+    """Shapes of a rollout of `b` rows as the losses see it (for the start-up trace)."""
+    c = self.ctx.config
+    t, p = c.task.max_completion_length, c.task.max_prompt_length
+    f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
+    i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
+    extras = {"prompt_ids": i32(b, p), "prompt_mask": i32(b, p), "outcome_rewards": f32(b),
+              "valid": jax.ShapeDtypeStruct((b,), bool), "labels": f32(b), "sampler_logp": f32(b, t)}
+    if self.rewards.has_token_rewards:
+      extras["token_rewards"] = f32(b, t)
+    if self.tis_cap:
+      extras["is_weight"] = f32(b, t)
+    if self.value_role:
+      extras.update(values=f32(b, t), old_values=f32(b, t), returns=f32(b, t))
+    if "baseline_rewards" in estimators.needs(self.estimator):
+      extras["baseline_rewards"] = f32(b)
+    return Rollout(actions=i32(b, t), mask=f32(b, t), old_logp=f32(b, t), group_ids=i32(b),
+                   rewards=f32(b, t) if self.rewards.has_token_rewards else f32(b),
+                   ref_logp=f32(b, t) if self.needs_reference else None, extras=extras)
+
+  # -- state -----------------------------------------------------------------------------
+
+  def enter(self, state):
+    roles = self.ctx.roles
+    new = {"policy": {"params": state["policy"]["params"] if "policy" in state
+                      else roles.create("policy", state)}}
+    new.update({n: {"params": roles.create(n, new)} for n in self.role_names if n != "policy"})
+    for n, opt in self.optimizers.items():
+      placement = self.placements[n]
+      new[n]["opt_state"] = placement.jit(opt.init, in_shardings=(placement.params,),
+                                          out_shardings=placement.opt_state)(new[n]["params"])
+    return new
+
+  def state_shardings(self):
+    out = {n: {"params": self.ctx.roles[n].placement.params} for n in self.role_names}
+    for n, placement in self.placements.items():
+      out[n] = {"params": placement.params, "opt_state": placement.opt_state}
+    return out
+
+  # -- one step --------------------------------------------------------------------------
+
+  def _advantages_fn(self, rollout: Rollout) -> Rollout:
+    adv = estimators.compute(self.estimator, rollout, group_size=self.group_size, options=self.estimator_options)
+    rollout = rollout.update(advantages=adv)
+    if self.value_role:
+      rewards = rollout.rewards
+      if rewards.ndim == 1:
+        rewards = advantages_lib.outcome_to_token_rewards(rewards, rollout.mask)
+      if self.estimator == "gae":
+        o = self.estimator_options
+        _, returns = advantages_lib.gae(rewards, rollout["values"], rollout.mask, gamma=o["gamma"], lam=o["lam"])
+      else:
+        returns = advantages_lib.discounted_returns(rewards, rollout.mask)
+      rollout = rollout.update(returns=returns)
+    return rollout
+
+  def _stats_fn(self, rollout: Rollout) -> dict:
+    mask = rollout.mask
+    lengths = jnp.sum(mask, axis=-1)
+    last = jnp.take_along_axis(rollout.actions, jnp.maximum(lengths.astype(jnp.int32) - 1, 0)[:, None], axis=1)[:, 0]
+    total = rollout.rewards if rollout.rewards.ndim == 1 else jnp.sum(rollout.rewards, axis=-1)
+    groups = total.reshape(-1, self.group_size)
+    gap = jnp.abs(rollout.get("sampler_logp", rollout.old_logp) - rollout["recomputed_logp"]) * mask
+    return {
+        "train/reward": jnp.mean(total),
+        "train/completion_length": jnp.mean(lengths),
+        "train/eos_frac": jnp.mean((last == self.ctx.roles.policy.eos_id) & (lengths > 0)),
+        "train/frac_zero_std_groups": jnp.mean(jnp.std(groups, axis=1) == 0),
+        "train/frac_valid": jnp.mean(rollout["valid"].astype(jnp.float32)),
+        "stats/sampler_logp_gap": jnp.sum(gap) / jnp.maximum(jnp.sum(mask), 1.0),
+        "stats/advantage_abs_mean": jnp.mean(jnp.abs(rollout.advantages)),
+    }
+
+  def collect(self, state, examples: list[dict], key) -> tuple[Rollout, dict]:
+    """Samples, scores and computes the advantages of one step's rollout."""
+    ctx, roles = self.ctx, self.ctx.roles
+    policy = roles.policy
+    params = state["policy"]["params"]
+    conditions, local = stages.prompt_groups(ctx, examples, self.group_size)
+    rollout = policy.sample(params, conditions, key)
+    recomputed = policy.compute_logprobs(params, rollout)
+    rollout = rollout.update(recomputed_logp=recomputed)
+    if self.old_logp == "recompute":
+      rollout = rollout.update(old_logp=recomputed, sampler_logp=rollout.old_logp)
+      if self.tis_cap:
+        rollout = rollout.update(is_weight=jnp.minimum(jnp.exp(recomputed - rollout["sampler_logp"]), self.tis_cap))
+    if self.needs_reference:
+      rollout = rollout.update(ref_logp=roles["reference"].scorer.compute_logprobs(
+          state["reference"]["params"], rollout))
+    prompts = [e["prompt"] for e in local]
+    rollout, stats = self.rewards.score(rollout, state, prompts=prompts, completions=policy.decode(rollout),
+                                        columns=scoring.columns_of(local))
+    if self.value_role:
+      values = roles[self.value_role].scorer.compute_outputs(state[self.value_role]["params"], rollout)
+      rollout = rollout.update(values=values, old_values=values)
+    if "baseline_rewards" in estimators.needs(self.estimator):  # ReMax: the greedy completion's reward
+      greedy = policy.sample(params, conditions, key, greedy=True)
+      greedy, _ = self.rewards.score(greedy, state, prompts=prompts, completions=policy.decode(greedy),
+                                     columns=scoring.columns_of(local))
+      total = greedy.rewards if greedy.rewards.ndim == 1 else jnp.sum(greedy.rewards, axis=-1)
+      rollout = rollout.update(baseline_rewards=total)
+    rollout = self._advantages(rollout)
+    return rollout, {**stats, **self._stats(rollout)}
+
+  def step(self, state, step: int):
+    c = self.ctx.config
+    idx = batching.batch_indices(len(self.ctx.task.train), self.prompts, seed=c.seed + 1, step=step - self.start)
+    key = jax.random.fold_in(self.ctx.key, step)
+    rollout, stats = self.collect(state, [self.ctx.task.train[i] for i in idx], key)
+    state = dict(state)
+    rng = np.random.default_rng([c.seed, step])
+    metric_sums: dict[str, jax.Array] = {}
+    counts: dict[str, int] = {}
+
+    def apply(name, batch):
+      params, opt_state, metrics = self.updates[name](state[name]["params"], state[name]["opt_state"], batch)
+      state[name] = {**state[name], "params": params, "opt_state": opt_state}
+      for k, v in metrics.items():
+        metric_sums[k] = metric_sums.get(k, 0.0) + v
+        counts[k] = counts.get(k, 0) + 1
+
+    for name in self.trained_roles:  # scored above with the parameters before this update
+      apply(name, rollout)
+    for _ in range(self.num_iterations):
+      for rows in learner.minibatch_rows(self.prompts, self.group_size, self.num_minibatches, rng):
+        apply("policy", self._take_rows(rollout, rows))
+    metrics = {k: v / counts[k] for k, v in jax.device_get(metric_sums).items()}
+    return state, {**metrics, **stats}
