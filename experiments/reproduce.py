@@ -38,13 +38,14 @@ import shlex
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from absl import app
 from absl import flags
+
+from jaxrl_reward import metrics as metrics_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOG_FILE = "train.log"
@@ -170,25 +171,10 @@ def results_path(results_dir: str | os.PathLike, name: str, quick: bool = False)
   return pathlib.Path(results_dir) / f"{name}{'.quick' if quick else ''}.jsonl"
 
 
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-  """JSON objects, one a line; a cut-short last line (a crash mid-write) is skipped with a warning."""
-  lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-  out = []
-  for i, line in enumerate(lines):
-    try:
-      out.append(json.loads(line))
-    except json.JSONDecodeError as e:
-      if i == len(lines) - 1:
-        warnings.warn(f"skipping the truncated last line of {str(path)!r}: {line[:80]!r}")
-        break
-      raise ValueError(f"{str(path)!r} line {i + 1} is not valid JSON: {e}") from e
-  return out
-
-
 def read_records(path: str | os.PathLike) -> list[Record]:
   """Every kept line of a results file, in file order ([] when the file does not exist)."""
   path = pathlib.Path(path)
-  return _read_jsonl(path) if path.is_file() else []
+  return metrics_lib.read_metrics(path) if path.is_file() else []
 
 
 def latest_records(reproduction: Reproduction, records: Sequence[Record]) -> list[Record]:
@@ -208,7 +194,7 @@ def latest_records(reproduction: Reproduction, records: Sequence[Record]) -> lis
 def _workdir_curves(workdir: pathlib.Path) -> tuple[list[dict], list[dict]]:
   """(eval curve, train reward curve) from the run's metrics.jsonl; the last line of a step wins."""
   path = workdir / "metrics.jsonl"
-  rows = _read_jsonl(path) if path.is_file() else []
+  rows = metrics_lib.read_metrics(path) if path.is_file() else []
   evals, rewards = {}, {}
   for row in rows:
     if "step" not in row:

@@ -16,6 +16,8 @@ Several processes (TPU pod slices, multi-node GPU) run the same command on every
 """
 from __future__ import annotations
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -26,6 +28,8 @@ from jaxrl_reward import config_cli
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
                                           lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, metrics, checkpoints and plots.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a start-up error (a bad config key, "
+                               "option or value), not just its one-line message.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,7 +44,13 @@ def main(argv):
   config = _CONFIG.value
   config.lock()
   sharding.maybe_initialize_distributed()  # before anything touches the devices
-  result = experiment.train(config, _WORKDIR.value)
+  try:  # every start-up check: names, options, shapes; nothing has been written yet
+    run = experiment.Experiment(config)
+  except (ValueError, KeyError, TypeError) as e:
+    if _TRACEBACK.value:
+      raise
+    sys.exit(f"error: {e.args[0] if e.args else e}  (--traceback shows where)")
+  result = run.run(_WORKDIR.value)
   print(result["table"])
 
 

@@ -28,7 +28,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from objectives import aggregation
+from objectives import aggregation, checks
 
 Array = chex.Array
 
@@ -46,8 +46,7 @@ def _float(x: Array, name: str) -> Array:
 
 
 def _rank(x: Array, ranks: tuple[int, ...], name: str, what: str) -> None:
-  if x.ndim not in ranks:
-    raise ValueError(f"{name} must be {what}, got shape {x.shape}")
+  checks.check_rank(name, x, ranks, what)
 
 
 def _check_group_size(batch: int, group_size) -> int:

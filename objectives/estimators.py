@@ -38,7 +38,6 @@ Registering a new estimator:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 from typing import Any, Callable, Mapping
 
@@ -75,7 +74,7 @@ class Estimator:
   options: registry.Options
 
 
-_ESTIMATORS: dict[str, Estimator] = {}
+_ESTIMATORS = registry.Registry("advantage estimator")
 
 
 def register_estimator(name: str, *, needs: tuple[str, ...] | list[str] = (), overwrite: bool = False
@@ -88,15 +87,11 @@ def register_estimator(name: str, *, needs: tuple[str, ...] | list[str] = (), ov
       `compute` checks that they are present.
     overwrite: replace an estimator already registered under `name`.
   """
-  if not isinstance(name, str) or not name:
-    raise ValueError(f"estimator name must be a non-empty string, got {name!r}")
   if isinstance(needs, str) or not all(isinstance(k, str) and k for k in needs):
     raise ValueError(f"needs must be a tuple of batch key names, got {needs!r}")
   needs = tuple(needs)
 
   def decorator(fn: EstimatorFn) -> EstimatorFn:
-    if name in _ESTIMATORS and not overwrite and _ESTIMATORS[name].fn is not fn:
-      raise ValueError(f"advantage estimator {name!r} is already registered; pass overwrite=True to replace it")
     params = inspect.signature(fn).parameters
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if "group_size" not in params and not takes_kwargs:
@@ -106,7 +101,7 @@ def register_estimator(name: str, *, needs: tuple[str, ...] | list[str] = (), ov
     # group_size comes from the run (samples per prompt), not from the estimator's options.
     opts = registry.Options({k: v for k, v in opts.defaults.items() if k != "group_size"},
                             tuple(r for r in opts.required if r != "group_size"), opts.open)
-    _ESTIMATORS[name] = Estimator(name, fn, needs, opts)
+    _ESTIMATORS.add(name, Estimator(name, fn, needs, opts), overwrite=overwrite)
     return fn
 
   return decorator
@@ -114,16 +109,12 @@ def register_estimator(name: str, *, needs: tuple[str, ...] | list[str] = (), ov
 
 def spec(name: str) -> Estimator:
   """The registration of `name`, or a KeyError naming the registered estimators."""
-  if name not in _ESTIMATORS:
-    close = difflib.get_close_matches(str(name), list(_ESTIMATORS), 1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise KeyError(f"unknown advantage estimator name={name!r}{hint}; registered estimators: {names()}")
   return _ESTIMATORS[name]
 
 
 def names() -> list[str]:
   """Registered estimator names, sorted."""
-  return sorted(_ESTIMATORS)
+  return _ESTIMATORS.names()
 
 
 def needs(name: str) -> tuple[str, ...]:
@@ -131,19 +122,8 @@ def needs(name: str) -> tuple[str, ...]:
   return spec(name).needs
 
 
-def defaults(name: str) -> dict[str, Any]:
-  """The option defaults of estimator `name`."""
-  return dict(spec(name).options.defaults)
-
-
-def resolve_options(name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """The options estimator `name` runs with: its defaults updated by `given`.
-
-  Raises:
-    ValueError: an option `name` does not take (naming the ones it takes), or a required
-      option that is missing.
-  """
-  return registry.resolve("advantage estimator", name, spec(name).options, given or {})
+defaults = _ESTIMATORS.defaults  # the option defaults of an estimator
+resolve_options = _ESTIMATORS.resolve  # its options: the defaults updated by a config's, checked
 
 
 def _present(batch: Mapping[str, Array], key: str) -> bool:

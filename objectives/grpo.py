@@ -50,19 +50,14 @@ _AGGREGATION = {
 def _check_inputs(logp, old_logp, advantages, mask, ref_logp):
   """Rank/shape checks that name the offending argument; returns float arrays."""
   logp = jnp.asarray(logp)
-  if logp.ndim != 2:
-    raise ValueError(f"logp must have rank 2 [B, T], got shape {logp.shape}")
+  checks.check_rank("logp", logp, 2, "[B, T]")
   dtype = jnp.promote_types(logp.dtype, jnp.float32)
   logp = logp.astype(dtype)
   shape = logp.shape
   mask = jnp.asarray(mask)
-  if mask.shape != shape:
-    raise ValueError(f"mask shape {mask.shape} must equal logp shape {shape}")
-  if old_logp is None:
-    old_logp = logp
-  old_logp = jnp.asarray(old_logp)
-  if old_logp.shape != shape:
-    raise ValueError(f"old_logp shape {old_logp.shape} must equal logp shape {shape}")
+  checks.check_shape("mask", mask, shape, "logp")
+  old_logp = logp if old_logp is None else jnp.asarray(old_logp)
+  checks.check_shape("old_logp", old_logp, shape, "logp")
   advantages = jnp.asarray(advantages)
   if advantages.shape == shape[:1]:
     advantages = advantages[:, None]
@@ -70,10 +65,8 @@ def _check_inputs(logp, old_logp, advantages, mask, ref_logp):
     raise ValueError(f"advantages must have shape [B]={shape[:1]} or [B, T]={shape}, got {advantages.shape}")
   if ref_logp is not None:
     ref_logp = jnp.asarray(ref_logp)
-    if ref_logp.shape != shape:
-      raise ValueError(f"ref_logp shape {ref_logp.shape} must equal logp shape {shape}")
+    checks.check_shape("ref_logp", ref_logp, shape, "logp")
     ref_logp = jax.lax.stop_gradient(ref_logp.astype(dtype))
-  chex.assert_rank(logp, 2)
   sg = jax.lax.stop_gradient
   return logp, sg(old_logp.astype(dtype)), sg(advantages.astype(dtype)), mask.astype(dtype), ref_logp
 

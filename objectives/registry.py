@@ -91,6 +91,54 @@ def resolve(kind: str, name: str, options: Options, given: Mapping[str, Any]) ->
   return {**options.defaults, **given}
 
 
+class Registry:
+  """Named entries of one kind (objectives, advantage estimators, in-jit rewards).
+
+  Entries are records with `fn` and `options`; a lookup of an unknown name is a KeyError that
+  names the registered ones and suggests the closest.
+  """
+
+  def __init__(self, kind: str):
+    self.kind = kind
+    self._entries: dict[str, Any] = {}
+
+  def add(self, name: str, entry, *, overwrite: bool = False) -> None:
+    if not isinstance(name, str) or not name:
+      raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+    if name in self._entries and not overwrite and self._entries[name].fn is not entry.fn:
+      raise ValueError(f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it")
+    self._entries[name] = entry
+
+  def remove(self, name: str) -> None:
+    """Forgets `name` (nothing happens if it is not registered)."""
+    self._entries.pop(name, None)
+
+  def __contains__(self, name) -> bool:
+    return name in self._entries
+
+  def __getitem__(self, name: str):
+    if name not in self._entries:
+      close = difflib.get_close_matches(str(name), list(self._entries), 1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      raise KeyError(f"unknown {self.kind} name={name!r}{hint}; registered {self.kind}s: {self.names()}")
+    return self._entries[name]
+
+  def names(self, where: Callable[[Any], bool] | None = None) -> list[str]:
+    return sorted(n for n, e in self._entries.items() if where is None or where(e))
+
+  def defaults(self, name: str) -> dict[str, Any]:
+    return dict(self[name].options.defaults)
+
+  def resolve(self, name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options entry `name` runs with: its defaults updated by `given`.
+
+    Raises:
+      ValueError: an option the entry does not take (naming the ones it takes), or a required
+        option that is missing.
+    """
+    return resolve(self.kind, name, self[name].options, given or {})
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """A registered objective: the function and what the engine needs to know about it."""
@@ -102,7 +150,7 @@ class Objective:
   needs_reference: Callable[[Mapping[str, Any]], bool]
 
 
-_REGISTRY: dict[str, Objective] = {}
+_REGISTRY = Registry("objective")
 
 
 def _beta_positive(options: Mapping[str, Any]) -> bool:
@@ -123,8 +171,6 @@ def register(name: str, *, stage: str = "rl", inputs: str = "logprobs", overwrit
     needs_reference: whether it reads `batch["ref_logp"]`: a bool, or a predicate of the
       resolved options (default: `options["beta"] > 0`).
   """
-  if not isinstance(name, str) or not name:
-    raise ValueError(f"objective name must be a non-empty string, got {name!r}")
   if stage not in STAGES:
     raise ValueError(f"stage={stage!r} is not one of {STAGES}")
   if inputs not in INPUTS:
@@ -133,10 +179,8 @@ def register(name: str, *, stage: str = "rl", inputs: str = "logprobs", overwrit
     needs_reference = (lambda value: lambda options: value)(needs_reference)
 
   def decorator(fn: ObjectiveFn) -> ObjectiveFn:
-    if name in _REGISTRY and not overwrite and _REGISTRY[name].fn is not fn:
-      raise ValueError(f"objective {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = Objective(name, fn, stage, inputs, signature_options(fn, positional=2),
-                                needs_reference or _beta_positive)
+    _REGISTRY.add(name, Objective(name, fn, stage, inputs, signature_options(fn, positional=2),
+                                  needs_reference or _beta_positive), overwrite=overwrite)
     return fn
 
   return decorator
@@ -144,10 +188,6 @@ def register(name: str, *, stage: str = "rl", inputs: str = "logprobs", overwrit
 
 def spec(name: str) -> Objective:
   """The registration of `name`, or a KeyError naming the registered objectives."""
-  if name not in _REGISTRY:
-    close = difflib.get_close_matches(str(name), list(_REGISTRY), 1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise KeyError(f"unknown objective name={name!r}{hint}; registered objectives: {sorted(_REGISTRY)}")
   return _REGISTRY[name]
 
 
@@ -158,22 +198,11 @@ def get(name: str) -> ObjectiveFn:
 
 def names(stage: str | None = None) -> list[str]:
   """Registered objective names, optionally only those of one stage kind."""
-  return sorted(n for n, o in _REGISTRY.items() if stage is None or o.stage == stage)
+  return _REGISTRY.names(None if stage is None else lambda o: o.stage == stage)
 
 
-def defaults(name: str) -> dict[str, Any]:
-  """The option defaults of objective `name`."""
-  return dict(spec(name).options.defaults)
-
-
-def resolve_options(name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """The options objective `name` runs with: its defaults updated by `given`.
-
-  Raises:
-    ValueError: an option `name` does not take (naming the ones it takes), or a required
-      option that is missing.
-  """
-  return resolve("objective", name, spec(name).options, given or {})
+defaults = _REGISTRY.defaults  # the option defaults of an objective
+resolve_options = _REGISTRY.resolve  # its options: the defaults updated by a config's, checked
 
 
 def requires_reference(name: str, options: Mapping[str, Any] | None = None) -> bool:

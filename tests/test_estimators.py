@@ -257,11 +257,11 @@ def test_pure_min_form_golden():
 
 
 def test_unknown_name_lists_names_and_suggests():
-  with pytest.raises(KeyError, match=r"did you mean 'rloo'\?.*registered estimators: \[.*'gae'"):
+  with pytest.raises(KeyError, match=r"did you mean 'rloo'\?.*registered advantage estimators: \[.*'gae'"):
     estimators.spec("rlo")
   with pytest.raises(KeyError, match=r"did you mean 'group'"):
     estimators.compute("grup", make_batch(), group_size=G)
-  with pytest.raises(KeyError, match="registered estimators"):
+  with pytest.raises(KeyError, match="registered advantage estimators"):
     estimators.needs("zzz")
 
 
@@ -322,8 +322,8 @@ def test_register_estimator():
     with pytest.raises(ValueError, match="group_size"):
       estimators.register_estimator("_test_bad")(lambda batch, *, scale=1.0: batch["rewards"])
   finally:
-    estimators._ESTIMATORS.pop("_test_scaled", None)
-    estimators._ESTIMATORS.pop("_test_bad", None)
+    estimators._ESTIMATORS.remove("_test_scaled")
+    estimators._ESTIMATORS.remove("_test_bad")
 
 
 # ----------------------------------------------------------------------------- edge cases

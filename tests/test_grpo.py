@@ -310,15 +310,15 @@ def test_bad_inputs_raise():
     grpo.loss(lp, old, adv, mask, beta=0.04)
   with pytest.raises(ValueError, match="importance_sampling_level"):
     grpo.loss(lp, old, adv, mask, importance_sampling_level="sentence")
-  with pytest.raises(ValueError, match="old_logp shape"):
+  with pytest.raises(ValueError, match="old_logp must have the shape of logp"):
     grpo.loss(lp, old[:, :4], adv, mask)
-  with pytest.raises(ValueError, match="mask shape"):
+  with pytest.raises(ValueError, match="mask must have the shape of logp"):
     grpo.loss(lp, old, adv, mask[:2])
   with pytest.raises(ValueError, match="advantages"):
     grpo.loss(lp, old, adv[:3], mask)
   with pytest.raises(ValueError, match="advantages"):
     grpo.loss(lp, old, adv_tok[:, :5], mask)
-  with pytest.raises(ValueError, match="ref_logp shape"):
+  with pytest.raises(ValueError, match="ref_logp must have the shape of logp"):
     grpo.loss(lp, old, adv, mask, ref_logp=ref[:, :2], beta=0.04)
   with pytest.raises(ValueError, match="logp must have rank 2"):
     grpo.loss(lp[0], old[0], adv, mask[0])

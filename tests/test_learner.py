@@ -44,7 +44,7 @@ def _rollout(seed=0) -> Rollout:
 
 
 def _scorer_and_params(inputs: str, mesh):
-  cfg = transformer.get_config("micro", vocab_size=64)
+  cfg = transformer.get_config("micro", vocab_size=64, num_layers=1)  # one layer: quick to compile
   if inputs == "values":
     make = lambda: value_model.ValueModel(cfg, rngs=nnx.Rngs(1))  # noqa: E731
   else:
@@ -80,7 +80,7 @@ def test_update_does_not_depend_on_the_split_or_the_mesh(meshes, name):
   """grad_accum_steps 1, 2, 4 and 1 vs 8 devices give the same parameters and loss. Group
   objectives (RDP/PRDP pairs, DPO pairs of a prompt) fail this with row-strided micro-batches."""
   ref_params, ref_loss = _update_once(name, meshes["one"], 1)
-  for mesh_name, accum in (("one", 2), ("one", 4), ("data8", 1), ("data8", 4)):
+  for mesh_name, accum in (("one", 2), ("one", 4), ("data8", 4)):
     params, value = _update_once(name, meshes[mesh_name], accum)
     np.testing.assert_allclose(value, ref_loss, rtol=1e-5, atol=1e-6, err_msg=f"{mesh_name} accum {accum}")
     for a, b in zip(params, ref_params):

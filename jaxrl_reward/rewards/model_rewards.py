@@ -24,7 +24,6 @@ of the training state, so it can give per-token rewards:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any, Callable, Mapping
 
 import jax
@@ -54,7 +53,7 @@ class BoundRole:
     return self.scorer.outputs(self.params, rollout)
 
 
-_REGISTRY: dict[str, ModelReward] = {}
+_REGISTRY = objective_registry.Registry("in-jit reward")
 
 
 def register_model_reward(name: str, *, level: str, roles: tuple[str, ...] = (), overwrite: bool = False):
@@ -63,10 +62,8 @@ def register_model_reward(name: str, *, level: str, roles: tuple[str, ...] = (),
     raise ValueError(f"level={level!r} is not one of {LEVELS}")
 
   def decorator(fn):
-    if name in _REGISTRY and not overwrite and _REGISTRY[name].fn is not fn:
-      raise ValueError(f"in-jit reward {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = ModelReward(name, fn, level, tuple(roles),
-                                  objective_registry.signature_options(fn, positional=2))
+    _REGISTRY.add(name, ModelReward(name, fn, level, tuple(roles),
+                                    objective_registry.signature_options(fn, positional=2)), overwrite=overwrite)
     return fn
 
   return decorator
@@ -77,15 +74,11 @@ def is_registered(name: str) -> bool:
 
 
 def get(name: str) -> ModelReward:
-  if name not in _REGISTRY:
-    close = difflib.get_close_matches(name, list(_REGISTRY), 1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise KeyError(f"unknown in-jit reward {name!r}{hint}; registered: {sorted(_REGISTRY)}")
   return _REGISTRY[name]
 
 
 def names() -> list[str]:
-  return sorted(_REGISTRY)
+  return _REGISTRY.names()
 
 
 @register_model_reward("implicit_prm", level="token", roles=("prm", "reference"))
