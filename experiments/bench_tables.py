@@ -160,6 +160,8 @@ def step_table(records):
   for r in steps:
     name = _label(r)
     version = r.get("library") or (f"jax {r['jax']}" if r.get("jax") else "")
+    if r.get("commit"):  # the code measured, where a file holds runs of several versions
+      version += f", {r['commit'][:7]}"
     rows.append((name, version, r.get("model"), _mesh(r), _device(r), r.get("dtype"),
                  f"{r.get('batch')} x ({r.get('prompt_length')} + {r.get('completion_length')})",
                  r.get("step_tokens_per_s"), r.get("step_s"), r.get("sample_tokens_per_s"),
