@@ -26,7 +26,6 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 import optax
-from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 

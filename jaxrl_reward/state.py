@@ -150,18 +150,18 @@ class Roles:
   def _lm_role(self, spec: RoleSpec, graphdef, policy_init) -> Role:
     abstract = jax.eval_shape(policy_init)
     placement = self._placement(abstract)
-    if spec.name == POLICY or spec.init == "random" and spec.name != REFERENCE:
-      if spec.name == POLICY:
-        fresh = policy_init
-      else:
+    copies_policy = spec.name == REFERENCE or (spec.name != POLICY and spec.init == "policy")
+    if copies_policy:  # a copy of the policy as it is when the role is created
+      copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=placement.params)
+      init = functools.partial(_from_policy, copy)
+    else:
+      fresh = policy_init
+      if spec.name != POLICY:
         cfg, seed = self.model_config, _seed(self.config.seed, spec.name)
         fresh = lambda: nnx.split(transformer.Transformer(cfg, rngs=nnx.Rngs(seed)), nnx.Param, ...)[1]  # noqa: E731
       # A fresh copy per call: an update step donates (and so deletes) the buffers it gets.
       make = jax.jit(lambda: jax.tree.map(jnp.copy, fresh()), out_shardings=placement.params)
       init = lambda state: make()  # noqa: E731
-    else:  # a copy of the policy as it is now
-      copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=placement.params)
-      init = functools.partial(_from_policy, copy)
     r = self.config.rollout
     scorer = lm.LanguageModel(graphdef, placement, self.tokenizer,
                               max_prompt_length=self.config.task.max_prompt_length,

@@ -50,14 +50,11 @@ class LanguageModel:
     self.eos_id = tokenizer.eos_token_id
     self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
     rows, replicated = placement.rows, placement.replicated
-    sample_options = dict(top_k=top_k, top_p=top_p)
-    self._samplers = {
-        greedy: placement.jit(functools.partial(self._sample, **({"temperature": 0.0} if greedy else
-                                                                 {"temperature": temperature,
-                                                                  **sample_options})),
-                              in_shardings=(placement.params, rows, rows, rows, replicated),
-                              out_shardings=rows)
-        for greedy in (False, True)}
+    options = {False: dict(temperature=temperature, top_k=top_k, top_p=top_p), True: dict(temperature=0.0)}
+    self._samplers = {greedy: placement.jit(functools.partial(self._sample, **options[greedy]),
+                                            in_shardings=(placement.params, rows, rows, rows, replicated),
+                                            out_shardings=rows)
+                      for greedy in (False, True)}
     self.compute_logprobs = placement.jit(self.logprobs, in_shardings=(placement.params, rows),
                                           out_shardings=rows)
 

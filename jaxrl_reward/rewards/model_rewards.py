@@ -24,7 +24,7 @@ of the training state, so it can give per-token rewards:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import jax
 

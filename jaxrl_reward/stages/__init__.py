@@ -29,10 +29,13 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jaxrl_reward import evaluation
 from jaxrl_reward import sharding
 from jaxrl_reward.data.task import Task
+from jaxrl_reward.rollout import Rollout
 from jaxrl_reward.state import Roles
 
 
@@ -83,7 +86,6 @@ class Stage:
     """Start-up checks; raise with a message naming the config key."""
 
   def evaluate(self, state, step: int) -> dict[str, float]:
-    from jaxrl_reward import evaluation  # noqa: PLC0415  (evaluation builds on the stages' context)
     return evaluation.policy_accuracy(self.ctx, state["policy"]["params"], step)
 
 
@@ -103,6 +105,23 @@ def prompt_groups(context: Context, examples: list[dict], group_size: int) -> tu
   group_ids = (np.arange(size) // group_size)[rows]
   conditions = context.roles.policy.conditions([e["prompt"] for e in repeated], group_ids, size)
   return conditions, repeated
+
+
+def abstract_rollout(config, rows: int, *, per_step: tuple[str, ...] = (), per_row: tuple[str, ...] = (),
+                     token_rewards: bool = False, reference: bool = False) -> Rollout:
+  """Shapes of a language-model rollout of `rows` rows as a loss sees it, for start-up traces:
+  the sampled fields, the rewards (`[B, T]` with `token_rewards`), the reference log-probs
+  (with `reference`), the extras every scored rollout has, and float extras named in
+  `per_step` (`[B, T]`) and `per_row` (`[B]`)."""
+  t, p = config.task.max_completion_length, config.task.max_prompt_length
+  f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
+  i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
+  extras = {"prompt_ids": i32(rows, p), "prompt_mask": i32(rows, p), "outcome_rewards": f32(rows),
+            "valid": jax.ShapeDtypeStruct((rows,), bool), "labels": f32(rows),
+            **{k: f32(rows, t) for k in per_step}, **{k: f32(rows) for k in per_row}}
+  return Rollout(actions=i32(rows, t), mask=f32(rows, t), old_logp=f32(rows, t), group_ids=i32(rows),
+                 rewards=f32(rows, t) if token_rewards else f32(rows), ref_logp=f32(rows, t) if reference else None,
+                 extras=extras)
 
 
 def registry() -> dict[str, type]:

@@ -80,13 +80,8 @@ class RewardModel(stages.Stage):
   def check(self) -> None:
     stages.check_divides("rollout batch (prompts_per_step x group_size)", self.prompts * self.group_size,
                          self.ctx.placement.batch_shards)
-    b, t, p = self.prompts * self.group_size // self.accum, self.ctx.config.task.max_completion_length, \
-        self.ctx.config.task.max_prompt_length
-    f32, i32 = (lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)), (lambda *s: jax.ShapeDtypeStruct(s, jnp.int32))
-    from jaxrl_reward.rollout import Rollout  # noqa: PLC0415
-    rollout = Rollout(actions=i32(b, t), mask=f32(b, t), old_logp=f32(b, t), group_ids=i32(b), rewards=f32(b),
-                      ref_logp=f32(b, t), extras={"prompt_ids": i32(b, p), "prompt_mask": i32(b, p),
-                                                  "labels": f32(b), "outcome_rewards": f32(b)})
+    rollout = stages.abstract_rollout(self.ctx.config, self.prompts * self.group_size // self.accum,
+                                      reference=True)
     jax.eval_shape(self.loss, self.ctx.roles[self.role].abstract_params, rollout)
 
   def enter(self, state):

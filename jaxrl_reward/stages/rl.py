@@ -115,6 +115,11 @@ def settings(config) -> Settings:
                   needs_reference=bool(needs_reference), old_logp=old_logp, tis_cap=tis_cap)
 
 
+def _logp_gap(sampler_logp, learner_logp, mask):
+  """Mean |sampler - teacher-forced| log-prob over the real tokens."""
+  return jnp.sum(jnp.abs(sampler_logp - learner_logp) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 class RL(stages.Stage):
   name = "rl"
   evaluates_initial_policy = True
@@ -164,6 +169,7 @@ class RL(stages.Stage):
                                              in_shardings=(rows, replicated), out_shardings=rows)
     self._advantages = self.ctx.placement.jit(self._advantages_fn, in_shardings=(rows,), out_shardings=rows)
     self._stats = self.ctx.placement.jit(self._stats_fn, in_shardings=(rows,), out_shardings=replicated)
+    self._gap = self.ctx.placement.jit(_logp_gap, in_shardings=(rows, rows, rows), out_shardings=replicated)
 
   # -- start-up checks --------------------------------------------------------------------
 
@@ -176,25 +182,13 @@ class RL(stages.Stage):
     for name, loss in self.losses.items():
       jax.eval_shape(loss, self.ctx.roles[name].abstract_params, rollout)
 
-  def abstract_rollout(self, b: int) -> Rollout:
-    """Shapes of a rollout of `b` rows as the losses see it (for the start-up trace)."""
-    c = self.ctx.config
-    t, p = c.task.max_completion_length, c.task.max_prompt_length
-    f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
-    i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
-    extras = {"prompt_ids": i32(b, p), "prompt_mask": i32(b, p), "outcome_rewards": f32(b),
-              "valid": jax.ShapeDtypeStruct((b,), bool), "labels": f32(b), "sampler_logp": f32(b, t)}
-    if self.rewards.has_token_rewards:
-      extras["token_rewards"] = f32(b, t)
-    if self.tis_cap:
-      extras["is_weight"] = f32(b, t)
-    if self.value_role:
-      extras.update(values=f32(b, t), old_values=f32(b, t), returns=f32(b, t))
-    if "baseline_rewards" in estimators.needs(self.estimator):
-      extras["baseline_rewards"] = f32(b)
-    return Rollout(actions=i32(b, t), mask=f32(b, t), old_logp=f32(b, t), group_ids=i32(b),
-                   rewards=f32(b, t) if self.rewards.has_token_rewards else f32(b),
-                   ref_logp=f32(b, t) if self.needs_reference else None, extras=extras)
+  def abstract_rollout(self, rows: int) -> Rollout:
+    """Shapes of a rollout of `rows` rows as the losses see it (for the start-up trace)."""
+    per_step = ("sampler_logp",) + (("token_rewards",) if self.rewards.has_token_rewards else ()) \
+        + (("is_weight",) if self.tis_cap else ()) + (("values", "old_values", "returns") if self.value_role else ())
+    per_row = ("baseline_rewards",) if "baseline_rewards" in estimators.needs(self.estimator) else ()
+    return stages.abstract_rollout(self.ctx.config, rows, per_step=per_step, per_row=per_row,
+                                   token_rewards=self.rewards.has_token_rewards, reference=self.needs_reference)
 
   # -- state -----------------------------------------------------------------------------
 
@@ -238,14 +232,12 @@ class RL(stages.Stage):
     last = jnp.take_along_axis(rollout.actions, jnp.maximum(lengths.astype(jnp.int32) - 1, 0)[:, None], axis=1)[:, 0]
     total = rollout.rewards if rollout.rewards.ndim == 1 else jnp.sum(rollout.rewards, axis=-1)
     groups = total.reshape(-1, self.group_size)
-    gap = jnp.abs(rollout.get("sampler_logp", rollout.old_logp) - rollout["recomputed_logp"]) * mask
     return {
         "train/reward": jnp.mean(total),
         "train/completion_length": jnp.mean(lengths),
         "train/eos_frac": jnp.mean((last == self.ctx.roles.policy.eos_id) & (lengths > 0)),
         "train/frac_zero_std_groups": jnp.mean(jnp.std(groups, axis=1) == 0),
         "train/frac_valid": jnp.mean(rollout["valid"].astype(jnp.float32)),
-        "stats/sampler_logp_gap": jnp.sum(gap) / jnp.maximum(jnp.sum(mask), 1.0),
         "stats/advantage_abs_mean": jnp.mean(jnp.abs(rollout.advantages)),
     }
 
@@ -257,7 +249,7 @@ class RL(stages.Stage):
     conditions, local = stages.prompt_groups(ctx, examples, self.group_size)
     rollout = policy.sample(params, conditions, key)
     recomputed = policy.compute_logprobs(params, rollout)
-    rollout = rollout.update(recomputed_logp=recomputed)
+    gap = self._gap(rollout.old_logp, recomputed, rollout.mask)
     if self.old_logp == "recompute":
       rollout = rollout.update(old_logp=recomputed, sampler_logp=rollout.old_logp)
       if self.tis_cap:
@@ -278,7 +270,7 @@ class RL(stages.Stage):
       total = greedy.rewards if greedy.rewards.ndim == 1 else jnp.sum(greedy.rewards, axis=-1)
       rollout = rollout.update(baseline_rewards=total)
     rollout = self._advantages(rollout)
-    return rollout, {**stats, **self._stats(rollout)}
+    return rollout, {**stats, **self._stats(rollout), "stats/sampler_logp_gap": gap}
 
   def step(self, state, step: int):
     c = self.ctx.config
