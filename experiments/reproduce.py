@@ -238,7 +238,7 @@ def collect_record(reproduction: Reproduction, spec: RunSpec, seed: int, workdir
       "wall_s": round(wall_s, 1), "resumed": resumed,
       "commit": git.get("commit"), "dirty": git.get("dirty"), "jax": jax_version,
       "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-      "device": _device(provenance), "workdir": str(workdir),
+      "device": _device(provenance), "workdir": _display(workdir),  # relative to the repository
       "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
 
