@@ -46,6 +46,8 @@ def grpo_config() -> config_dict.ConfigDict:
   c.rewards.weights = (1.0,)
   c.rewards.eval_name = "arithmetic_correctness"  # the verifier: held-out accuracy, reward-model labels
   c.rewards.options = config_dict.ConfigDict()  # per in-jit reward: {name: {option: value}}
+  c.rewards.nonfinite = "error"  # a NaN/inf from a reward function: "error" (naming it) or "missing"
+  c.rewards.stop_after_missing_steps = 3  # RL steps in a row without any reward before the run stops (0: never)
 
   c.advantage = config_dict.ConfigDict()
   c.advantage.estimator = "group"  # any of objectives.estimators.names()

@@ -7,7 +7,9 @@ A key that is not in the config file is an error (one line, before anything is b
 except inside the open blocks `objective.options`, `advantage.options`, `rewards.options`
 and `roles`, whose keys are checked against the selected objective, estimator and rewards
 when the run starts (before the first step). Running again on the same workdir resumes
-from its last checkpoint.
+from its newest readable checkpoint, with the same config (`--allow_config_change` names the
+keys that may differ). Ctrl-C or SIGTERM stops after the current step with a checkpoint
+(exit status 130 / 143); a second Ctrl-C aborts at once.
 
 Several processes (TPU pod slices, multi-node GPU) run the same command on every host;
 `jax.distributed` is initialised from the environment (see README, "Scale out"):
@@ -28,6 +30,9 @@ from jaxrl_reward import config_cli
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:variant]).",
                                           lock_config=False, accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, metrics, checkpoints and plots.")
+_ALLOW = flags.DEFINE_list("allow_config_change", [], "Config keys (or blocks) that may differ from the run "
+                           "already in --workdir when it resumes, e.g. train.steps,eval.every; the changes are "
+                           "recorded in the workdir's config_changes.jsonl.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a start-up error (a bad config key, "
                                "option or value), not just its one-line message.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -39,18 +44,24 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax) would drown the progress bar
   from jaxrl_reward import experiment  # after flag parsing: keeps --help fast
+  from jaxrl_reward import interrupts
   from jaxrl_reward import sharding
 
   config = _CONFIG.value
   config.lock()
   sharding.maybe_initialize_distributed()  # before anything touches the devices
-  try:  # every start-up check: names, options, shapes; nothing has been written yet
+  try:  # every start-up check: names, options, shapes, the workdir's run; nothing is written yet
     run = experiment.Experiment(config)
+    run.check_workdir(_WORKDIR.value, _ALLOW.value)
   except (ValueError, KeyError, TypeError) as e:
     if _TRACEBACK.value:
       raise
     sys.exit(f"error: {e.args[0] if e.args else e}  (--traceback shows where)")
-  result = run.run(_WORKDIR.value)
+  try:
+    result = run.run(_WORKDIR.value, allow_config_change=_ALLOW.value)
+  except interrupts.Interrupted as e:
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
   print(result["table"])
 
 

@@ -19,6 +19,13 @@ Multi-host: every process must call `save`, `wait` and `close` with the same arg
 (they synchronise); orbax makes the primary process write the metadata and each process
 write the shards it owns.
 
+A damaged checkpoint (a truncated or overwritten data file, a deleted `_METADATA` or item
+directory) is found when it is read: every save stores a fingerprint of the state in its
+`extra` (the sum of |x| of each array), so bytes that still decode but changed are caught
+too. `restore_newest_readable` tries the newest step first, and on failure prints one line
+naming the step and the cause, moves the step's directory aside (`unreadable-<step>`, kept
+for inspection) and tries the next older one.
+
 Restoring onto another mesh: pass `abstract_state` as a pytree of `jax.ShapeDtypeStruct`
 whose `.sharding` is the target `NamedSharding`; each process then reads only the slices
 of the arrays that its devices hold, whatever the mesh the checkpoint was saved from.
@@ -33,16 +40,22 @@ Example:
 from __future__ import annotations
 
 import os
+import pathlib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 PyTree = Any
 
 _STATE = "state"
 _EXTRA = "extra"
+_FINGERPRINT = "fingerprint"
 
 
 def _as_abstract(leaf: Any) -> Any:
@@ -102,6 +115,7 @@ class Checkpointer:
     if step < 0:
       raise ValueError(f"step must be >= 0, got {step}")
     extra = {} if extra is None else dict(extra)
+    extra[_FINGERPRINT] = fingerprint(state)
     args = ocp.args.Composite(**{
         _STATE: ocp.args.StandardSave(state),
         _EXTRA: ocp.args.JsonSave(extra),
@@ -150,8 +164,60 @@ class Checkpointer:
         _STATE: ocp.args.StandardRestore(target),
         _EXTRA: ocp.args.JsonRestore(),
     }))
-    extra = restored[_EXTRA]
-    return restored[_STATE], ({} if extra is None else dict(extra))
+    extra = {} if restored[_EXTRA] is None else dict(restored[_EXTRA])
+    saved = extra.pop(_FINGERPRINT, None)
+    if saved is not None:
+      now = fingerprint(restored[_STATE])
+      if len(now) != len(saved) or not np.allclose(now, saved, rtol=1e-4, atol=1e-6, equal_nan=True):
+        raise ValueError(f"step {step}: the restored arrays do not match the fingerprint saved with them "
+                         "(a data file was changed)")
+    return restored[_STATE], extra
+
+  def restore_newest_readable(self, abstract_for_step, *, validate=None) -> tuple[PyTree, dict, int] | None:
+    """Restores the newest checkpoint that reads back whole; None if there is no checkpoint.
+
+    Args:
+      abstract_for_step: `step -> abstract_state` (see `restore`); the layout may depend on
+        the step (a run's stages hold different states).
+      validate: optional `state -> None` that raises on a state that read back but is not
+        usable (for example non-finite parameters).
+    Returns:
+      `(state, extra, step)` of the newest readable step.
+    Raises:
+      RuntimeError: there are checkpoints but none reads back; the message lists each step's
+        cause.
+    """
+    failures = []
+    for step in reversed(self.all_steps()):
+      try:
+        state, extra = self.restore(abstract_for_step(step), step=step)
+        if validate is not None:
+          validate(state)
+      except Exception as e:  # noqa: BLE001  (any failure to read a step makes it unusable)
+        cause = _one_line(e)
+        aside = self._set_aside(step)
+        print(f"warning: checkpoint step {step} in {self.directory} cannot be restored ({cause}); moved to "
+              f"{aside.name}, trying an older step", file=sys.stderr, flush=True)
+        failures.append(f"step {step}: {cause}")
+        continue
+      return state, extra, step
+    if failures:
+      raise RuntimeError(f"no checkpoint in {self.directory} can be restored: {'; '.join(failures)}")
+    return None
+
+  def _set_aside(self, step: int) -> pathlib.Path:
+    """Renames step `step`'s directory to `unreadable-<step>[-k]` (process 0; every process waits)."""
+    source = pathlib.Path(self.directory) / str(step)
+    target = source.with_name(f"unreadable-{step}")
+    k = 1
+    while target.exists():
+      target, k = source.with_name(f"unreadable-{step}-{k}"), k + 1
+    if jax.process_index() == 0 and source.exists():
+      source.rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_set_aside_{step}")
+    self._manager.reload()
+    return target
 
   def wait(self) -> None:
     """Blocks until every asynchronous save has been written and finalised."""
@@ -167,6 +233,24 @@ class Checkpointer:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+_abs_sums = jax.jit(lambda leaves: jnp.stack([jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in leaves]))
+
+
+def fingerprint(state: PyTree) -> list[float]:
+  """Sum of |x| of each `jax.Array` leaf of `state` (float32), the same on every process."""
+  leaves = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]
+  if not leaves:
+    return []
+  return [float(v) for v in np.asarray(_abs_sums(leaves).addressable_data(0))]
+
+
+def _one_line(error: BaseException, limit: int = 240) -> str:
+  """`Type: first line of the message`, shortened: orbax and tensorstore errors run to pages."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 __all__ = ["Checkpointer"]

@@ -21,7 +21,7 @@ from jaxrl_reward.rewards import scoring
 @dataclasses.dataclass
 class Scores:
   """Per-example results of one decoding mode over a list of examples (in order)."""
-  scores: np.ndarray  # [n] the verifier's score (None -> 0)
+  scores: np.ndarray  # [n] the verifier's score (None -> 0; a NaN/inf or a wrong count is an error)
   completions: list[str]  # this process's completions (all of them on one process)
   lengths: np.ndarray  # [n] completion tokens, EOS included
 
@@ -29,7 +29,7 @@ class Scores:
 def decode_and_score(context, params, examples: list[dict], key, *, greedy: bool, batch_size: int) -> Scores:
   """Samples one completion per example (batches of `batch_size`, the last one padded) and scores it."""
   policy = context.roles.policy
-  reward = host_rewards.get_reward(context.config.rewards.eval_name)
+  reward = context.config.rewards.eval_name
   n = len(examples)
   padded = examples + [examples[-1]] * (-n % batch_size)
   scores, completions, lengths = [], [], []
@@ -39,8 +39,8 @@ def decode_and_score(context, params, examples: list[dict], key, *, greedy: bool
     conditions = policy.conditions([e["prompt"] for e in chunk], np.arange(batch_size)[rows], batch_size)
     rollout = policy.sample(params, conditions, jax.random.fold_in(key, start), greedy=greedy)
     texts = policy.decode(rollout)
-    values = reward([e["prompt"] for e in chunk], texts, **scoring.columns_of(chunk))
-    local = np.asarray([0.0 if v is None else float(v) for v in values], np.float32)
+    values = host_rewards.compute_rewards([reward], [e["prompt"] for e in chunk], texts, scoring.columns_of(chunk))
+    local = np.nan_to_num(values[:, 0], nan=0.0)  # a missing score counts as wrong
     scores.extend(sharding.gather_rows(local).tolist())
     lengths.extend(sharding.gather_rows(sharding.local_rows(rollout.mask).sum(-1)).tolist())
     completions.extend(texts)

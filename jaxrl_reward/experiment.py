@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import signal
 from typing import Any
 
 import jax
@@ -25,6 +26,7 @@ from tqdm import auto as tqdm
 
 import objectives  # noqa: F401  (registers the objectives and estimators)
 from jaxrl_reward import checkpoint as checkpoint_lib
+from jaxrl_reward import interrupts
 from jaxrl_reward import metrics as metrics_lib
 from jaxrl_reward import provenance
 from jaxrl_reward import sharding
@@ -90,75 +92,120 @@ class Experiment:
                         shapes, stage.state_shardings())
 
   def restore(self, workdir) -> tuple[Any, int]:
-    """(state, step) of the latest checkpoint in `workdir`."""
+    """(state, step) of the newest checkpoint of `workdir` that reads back whole."""
     with checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints") as ckpt:
-      step = ckpt.latest_step()
-      if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-      state, _ = ckpt.restore(self.abstract_state(step), step=step)
+      found = ckpt.restore_newest_readable(self.abstract_state)
+    if found is None:
+      raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+    state, extra, step = found
+    self._check_stage(extra, step, workdir)
     return state, step
+
+  def _check_stage(self, extra, step: int, workdir) -> None:
+    stage = self.stages[self.stage_index(step)].name
+    if extra.get("stage", stage) != stage:
+      raise ConfigMismatch(f"the checkpoint of step {step} in {workdir} was taken in stage {extra['stage']!r}, but "
+                           f"this config puts step {step} in stage {stage!r} (config.stages or a stage's steps "
+                           "changed); use a new workdir")
+
+  def check_workdir(self, workdir, allow_config_change=()) -> dict[str, tuple[Any, Any]]:
+    """The config changes against the run already in `workdir`; raises unless they are allowed.
+
+    A workdir whose run has a checkpoint resumes it, so its `config.json` must match this config,
+    except for the keys (or blocks) in `allow_config_change`. Returns the allowed changes.
+    """
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "checkpoints").is_dir() or not any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir()):
+      return {}  # nothing to resume: a fresh run
+    changes = provenance.config_changes(workdir, self.config)
+    refused = {k: v for k, v in changes.items() if not provenance.allowed_change(k, allow_config_change)}
+    if refused:
+      listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in list(refused.items())[:8])
+      more = f" (and {len(refused) - 8} more)" if len(refused) > 8 else ""
+      raise ConfigMismatch(
+          f"{workdir} holds a run with another config: {listed}{more}; resume with the same config, use a new "
+          f"workdir, or allow the change with --allow_config_change={','.join(list(refused)[:8])}")
+    return changes
 
   # -- the loop ----------------------------------------------------------------------------
 
-  def run(self, workdir, *, stop_at: int | None = None) -> dict[str, Any]:
-    """Trains until the last step (or until `stop_at` steps are done, as a preempted job would)."""
+  def run(self, workdir, *, stop_at: int | None = None, allow_config_change=()) -> dict[str, Any]:
+    """Trains until the last step (or until `stop_at` steps are done, as a preempted job would).
+
+    Resumes from the newest readable checkpoint of `workdir` (see `check_workdir` for a
+    changed config). A SIGINT or SIGTERM stops the run after the current step with a
+    checkpoint and raises `interrupts.Interrupted`.
+    """
     cfg = self.config
     workdir = provenance.prepare_workdir(workdir)
     is_main = jax.process_index() == 0
     end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
-    if is_main:
-      provenance.write_config(workdir, cfg)
-      provenance.write_provenance(workdir, extra={
-          "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
-          "mesh": dict(self.mesh.shape), "stages": [[s.name, s.start, s.end] for s in self.stages],
-          # What the open blocks resolved to: the objective's and estimator's full options.
-          "objective": {"name": cfg.objective.name,
-                        "options": registry.resolve_options(cfg.objective.name, cfg.objective.options)},
-          **({"advantage": {"estimator": cfg.advantage.estimator, "options": estimators.resolve_options(
-              cfg.advantage.estimator, cfg.advantage.get("options") or {})}} if "rl" in cfg.stages else {})})
+    changes = self.check_workdir(workdir, allow_config_change)
     logger = metrics_lib.MetricsLogger(workdir, enabled=is_main)
     ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", max_to_keep=2)
-    start = ckpt.latest_step()
-    if start is None:
+    found = ckpt.restore_newest_readable(self.abstract_state)
+    if is_main:
+      provenance.write_config(workdir, cfg)
+      if changes:
+        provenance.record_config_changes(workdir, found[2] if found else 0, changes)
+      provenance.write_provenance(workdir, extra=self._provenance())
+    if found is None:
       start, state = 0, self.initial_state()
       logger.truncate_after(-1)
       if self.stages[0].evaluates_initial_policy:  # no warm-up: measure the starting policy
         logger.log(0, {**self.stages[0].evaluate(state, 0), "eval/stage": -1.0})
     else:
-      state, _ = ckpt.restore(self.abstract_state(start), step=start)
+      state, extra, start = found
+      self._check_stage(extra, start, workdir)
       logger.truncate_after(start)
 
     bar = tqdm.tqdm(range(start, end), initial=start, total=self.total_steps, disable=not is_main,
                     desc="train", dynamic_ncols=True)
     postfix: dict[str, float] = {}
-    for step in bar:
-      i = self.stage_index(step)
-      stage = self.stages[i]
-      state, metrics = stage.step(state, step)
-      done = step + 1
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      metrics["train/stage"] = float(i)
-      if done % cfg.log_every == 0 or done == self.total_steps:
-        logger.log(done, metrics)
-      saved = False
-      if done == stage.end or (stage.eval_every and (done - stage.start) % stage.eval_every == 0):
-        evaluation = stage.evaluate(state, done)
-        logger.log(done, {**evaluation, "eval/stage": float(i)})
-        postfix.update({k.split("/")[-1]: v for k, v in evaluation.items() if "accuracy" in k})
-      if done == stage.end and i + 1 < len(self.stages):
-        state = self.stages[i + 1].enter(state)
-        saved = ckpt.save(done, state, force=True)
-      if not saved and (done % cfg.checkpoint_every == 0 or done == self.total_steps):
-        ckpt.save(done, state, force=True)
-      for key in ("loss/total", "loss/sft", "train/reward"):
-        if key in metrics:
-          postfix[key.split("/")[-1]] = metrics[key]
-      bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()})
+    with interrupts.StopRequests() as stops:
+      for step in bar:
+        i = self.stage_index(step)
+        stage = self.stages[i]
+        state, metrics = stage.step(state, step)
+        done = step + 1
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics["train/stage"] = float(i)
+        if done % cfg.log_every == 0 or done == self.total_steps:
+          logger.log(done, metrics)
+        if done == stage.end or (stage.eval_every and (done - stage.start) % stage.eval_every == 0):
+          evaluation = stage.evaluate(state, done)
+          logger.log(done, {**evaluation, "eval/stage": float(i)})
+          postfix.update({k.split("/")[-1]: v for k, v in evaluation.items() if "accuracy" in k})
+        if done == stage.end and i + 1 < len(self.stages):
+          state = self.stages[i + 1].enter(state)
+        signum = stops.requested()
+        if (done == stage.end or signum or done % cfg.checkpoint_every == 0 or done == self.total_steps):
+          ckpt.save(done, state, extra={"stage": self.stages[self.stage_index(done)].name}, force=True)
+        if signum:
+          ckpt.close()
+          logger.close()
+          raise interrupts.Interrupted(signum, done, f"stopped by {signal.Signals(signum).name} after step {done}: "
+                                       f"checkpoint saved in {workdir}/checkpoints; run the same command to resume")
+        for key in ("loss/total", "loss/sft", "train/reward"):
+          if key in metrics:
+            postfix[key.split("/")[-1]] = metrics[key]
+        bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()})
     ckpt.wait()
     ckpt.close()
     logger.close()
     self.state = state
     return self.summarise(workdir)
+
+  def _provenance(self) -> dict[str, Any]:
+    cfg = self.config
+    return {
+        "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
+        "mesh": dict(self.mesh.shape), "stages": [[s.name, s.start, s.end] for s in self.stages],
+        # What the open blocks resolved to: the objective's and estimator's full options.
+        "objective": {"name": cfg.objective.name,
+                      "options": registry.resolve_options(cfg.objective.name, cfg.objective.options)},
+        **({"advantage": {"estimator": cfg.advantage.estimator, "options": estimators.resolve_options(
+            cfg.advantage.estimator, cfg.advantage.get("options") or {})}} if "rl" in cfg.stages else {})}
 
   def summarise(self, workdir) -> dict[str, Any]:
     """The results table (the last evaluation of each stage) -> results.md/json and the plot."""
@@ -182,6 +229,10 @@ class Experiment:
     return {"rows": rows, "table": table}
 
 
+class ConfigMismatch(ValueError):
+  """The workdir holds a run that this config cannot resume as it stands."""
+
+
 def check_config(config) -> None:
   """Every check that needs only the config (names, options, batch arithmetic), in seconds:
   `Experiment` runs it before building the task and the models."""
@@ -200,6 +251,6 @@ def check_config(config) -> None:
     known[name].check_config(config)
 
 
-def train(config, workdir, *, mesh=None, stop_at: int | None = None) -> dict[str, Any]:
+def train(config, workdir, *, mesh=None, stop_at: int | None = None, allow_config_change=()) -> dict[str, Any]:
   """Builds the experiment of `config` and runs it in `workdir` (resuming from its checkpoint)."""
-  return Experiment(config, mesh=mesh).run(workdir, stop_at=stop_at)
+  return Experiment(config, mesh=mesh).run(workdir, stop_at=stop_at, allow_config_change=allow_config_change)

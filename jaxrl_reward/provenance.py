@@ -92,6 +92,44 @@ def write_config(workdir: str | os.PathLike, config: Any) -> pathlib.Path:
   return _write_json(pathlib.Path(workdir) / CONFIG_FILE, config_to_dict(config))
 
 
+CHANGES_FILE = "config_changes.jsonl"
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, Mapping):
+    return {prefix[:-1]: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flat(value, f"{prefix}{key}."))
+  return out
+
+
+def config_changes(workdir: str | os.PathLike, config: Any) -> dict[str, tuple[Any, Any]]:
+  """`{key: (in config.json, in config)}` for every dotted key whose value differs ({} without a file)."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    return {}
+  try:
+    old = _flat(json.loads(path.read_text(encoding="utf-8")))
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path} is not a readable config ({e}); it records the run of this workdir") from e
+  new = _flat(config_to_dict(config))
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def allowed_change(key: str, allow) -> bool:
+  """Whether `key` is one of `allow` or inside one of its blocks (`train` allows `train.steps`)."""
+  return any(key == a or key.startswith(a + ".") for a in allow)
+
+
+def record_config_changes(workdir: str | os.PathLike, step: int, changes: Mapping[str, tuple[Any, Any]]) -> None:
+  """Appends the changes a resumed run was allowed to make, and at which step, to config_changes.jsonl."""
+  line = {"step": int(step), "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+          "changes": {k: list(v) for k, v in changes.items()}}
+  with open(pathlib.Path(workdir) / CHANGES_FILE, "a", encoding="utf-8") as f:
+    f.write(json.dumps(_json_ready(line)) + "\n")
+
+
 def _git(args: list[str], cwd: pathlib.Path) -> str | None:
   try:
     result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10,

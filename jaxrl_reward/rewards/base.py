@@ -9,8 +9,10 @@ A reward function has the signature of TRL's `GRPOTrainer` reward functions:
 - `columns`: the other dataset columns, each a list of B values, passed by keyword (e.g.
   `answer=[...]`); a function takes the columns it needs and ignores the rest (`**kwargs`).
 - Returns B rewards; `None` means "not applicable to this example" (e.g. a math verifier
-  on a code prompt). `compute_rewards` turns `None` into NaN, and the advantage step
-  (`objectives.advantages.combine_rewards`) skips NaN entries.
+  on a code prompt). `compute_rewards` turns `None` into NaN (missing), and the advantage
+  step (`objectives.advantages.combine_rewards`) skips missing entries. A NaN or inf that a
+  function returns itself is a bug, not a missing reward: by default it is an error naming
+  the function (`nonfinite="missing"` treats it as missing instead).
 
 A function written for TRL works unchanged, and one registered here can be selected from
 a config by name:
@@ -71,11 +73,16 @@ def completion_text(completion: Any) -> str:
   raise TypeError(f"a completion must be a str or a list of messages, got {type(completion).__name__}")
 
 
+NONFINITE = ("error", "missing")
+
+
 def compute_rewards(
     reward_fns: Sequence[RewardFn | str],
     prompts: Sequence[str],
     completions: Sequence[str],
     columns: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    nonfinite: str = "error",
 ) -> np.ndarray:
   """Calls every reward function on the batch and stacks the results.
 
@@ -84,14 +91,19 @@ def compute_rewards(
     prompts: B prompts.
     completions: B completions.
     columns: other dataset columns, each a sequence of B values, passed by keyword.
+    nonfinite: what a NaN or inf returned by a function is: "error" (default) or
+      "missing" (like None).
 
   Returns:
-    [B, F] float32 rewards; NaN where a function returned None.
+    [B, F] float32 rewards; NaN where a reward is missing.
 
   Raises:
-    ValueError naming the reward function when it returns the wrong number of rewards,
-    TypeError naming it when a reward is neither a number nor None.
+    ValueError naming the reward function when it returns the wrong number of rewards or
+    (with nonfinite="error") a NaN or inf, TypeError naming it when a reward is neither a
+    number nor None.
   """
+  if nonfinite not in NONFINITE:
+    raise ValueError(f"rewards.nonfinite={nonfinite!r} is not one of {NONFINITE}")
   columns = dict(columns or {})
   batch = len(prompts)
   if len(completions) != batch:
@@ -119,7 +131,13 @@ def compute_rewards(
       if value is None:
         continue
       try:
-        out[i, j] = float(value)
+        value = float(value)
       except (TypeError, ValueError) as e:
         raise TypeError(f"reward function {name!r} returned {value!r} at index {i}; expected a float or None") from e
+      if not np.isfinite(value):
+        if nonfinite == "error":
+          raise ValueError(f"reward function {name!r} returned {value} at index {i} (completion {completions[i]!r:.80}); "
+                           "return None for a missing reward, or set rewards.nonfinite='missing'")
+        continue
+      out[i, j] = value
   return out

@@ -12,7 +12,10 @@ options. `RewardSet.score` puts on the rollout:
 - `token_rewards` `[B, T]`: the weighted sum of the per-token rewards (only when there are some);
 - `rewards`: `outcome_rewards` when every reward is per sequence, else `token_rewards` plus the
   outcome placed on each row's last completion token;
-- `valid` `[B]`: False where every host-side reward was missing (those rows get advantage 0);
+- `valid` `[B]`: False where every host-side reward was missing (None; those rows get
+  advantage 0 and `train/rewards/missing_frac` counts the missing entries). A NaN or inf
+  returned by a reward function is an error naming it (`config.rewards.nonfinite="error"`)
+  or, with "missing", a missing reward;
 - `labels` `[B]` (when asked): the verifier's score (`config.rewards.eval_name`) in [0, 1],
   the outcome labels of a reward model.
 
@@ -83,7 +86,8 @@ class RewardSet:
     for r in self.role_names:
       roles[r]  # raises naming the run's roles  # noqa: B018
     self.has_token_rewards = any(spec.level == "token" for spec, _, _ in self.model)
-    self.label_fn = host_rewards.get_reward(rewards_config.eval_name) if with_labels else None
+    self.label_name = rewards_config.eval_name if with_labels else None
+    self.nonfinite = rewards_config.get("nonfinite", "error")
     if self.model:
       placement = roles["policy"].placement
       self._model_terms = placement.jit(
@@ -128,8 +132,10 @@ class RewardSet:
         placement.rules, b)
     outcome, valid = np.zeros((b,), np.float32), np.ones((b,), bool)
     if self.host:
-      local = host_rewards.compute_rewards([fn for _, fn, _ in self.host], prompts, completions, columns)
-      per_fn = sharding.gather_rows(np.asarray(local, np.float32))  # [B, F]
+      local = host_rewards.compute_rewards([name for name, _, _ in self.host], prompts, completions, columns,
+                                           nonfinite=self.nonfinite)
+      per_fn = sharding.gather_rows(np.asarray(local, np.float32))  # [B, F], NaN = missing
+      stats["train/rewards/missing_frac"] = float(np.mean(np.isnan(per_fn)))
       weights = np.asarray([w for _, _, w in self.host], np.float32)
       combined, all_missing = advantages_lib.combine_rewards(jnp.asarray(per_fn), jnp.asarray(weights))
       outcome, valid = np.asarray(combined, np.float32), ~np.asarray(all_missing)
@@ -145,8 +151,8 @@ class RewardSet:
       if self.has_token_rewards:
         values["token_rewards"] = tok
         rewards = tok + advantages_lib.outcome_to_token_rewards(rewards, rollout.mask)
-    if self.label_fn is not None:
-      labels = self.label_fn(prompts=list(prompts), completions=list(completions), **columns)
-      local = np.clip(np.asarray([0.0 if v is None else float(v) for v in labels], np.float32), 0.0, 1.0)
+    if self.label_name is not None:
+      labels = host_rewards.compute_rewards([self.label_name], prompts, completions, columns)[:, 0]
+      local = np.clip(np.nan_to_num(labels, nan=0.0), 0.0, 1.0)  # a missing label counts as incorrect
       values["labels"] = sharding.to_global(local, placement.mesh, placement.rules, b)
     return rollout.update(rewards=rewards, **values), stats

@@ -25,6 +25,7 @@ checkpoint gives the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -272,11 +273,28 @@ class RL(stages.Stage):
     rollout = self._advantages(rollout)
     return rollout, {**stats, **self._stats(rollout), "stats/sampler_logp_gap": gap}
 
+  def _check_missing(self, stats, step: int) -> None:
+    """Warns on a step where no row has a reward; stops after `rewards.stop_after_missing_steps` in a row."""
+    if stats["train/frac_valid"] > 0:
+      self._missing_steps = 0
+      return
+    self._missing_steps = getattr(self, "_missing_steps", 0) + 1
+    limit = int(self.ctx.config.rewards.get("stop_after_missing_steps", 0) or 0)
+    names = [n for n, _, _ in self.rewards.host]
+    print(f"warning: step {step + 1}: every host-side reward {names} was missing (None) for every row; "
+          "the policy gets no signal", file=sys.stderr, flush=True)
+    if limit and self._missing_steps >= limit:
+      raise RuntimeError(f"{self._missing_steps} RL steps in a row without any reward from {names} (up to step "
+                         f"{step + 1}); check the reward functions and the task's columns "
+                         "(rewards.stop_after_missing_steps sets the limit, 0 never stops)")
+
   def step(self, state, step: int):
     c = self.ctx.config
     idx = batching.batch_indices(len(self.ctx.task.train), self.prompts, seed=c.seed + 1, step=step - self.start)
     key = jax.random.fold_in(self.ctx.key, step)
     rollout, stats = self.collect(state, [self.ctx.task.train[i] for i in idx], key)
+    if self.rewards.host:
+      self._check_missing(jax.device_get(stats), step)
     state = dict(state)
     rng = np.random.default_rng([c.seed, step])
     metric_sums: dict[str, jax.Array] = {}
