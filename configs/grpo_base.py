@@ -91,6 +91,9 @@ def grpo_config() -> config_dict.ConfigDict:
   # (logical_name, mesh_axes) pairs replacing entries of sharding.DEFAULT_RULES.
   c.sharding_rules = ()
 
+  # Several processes: a process without a heartbeat for this long ends the run with one line
+  # naming it (below jax.distributed's own 100 s, so this message comes first).
+  c.multihost_timeout_s = 60.0
   c.log_every = 1
   c.checkpoint_every = 50  # steps; warm-up and GRPO steps share one counter
   return c

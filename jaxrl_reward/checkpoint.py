@@ -17,7 +17,8 @@ complete checkpoint.
 
 Multi-host: every process must call `save`, `wait` and `close` with the same arguments
 (they synchronise); orbax makes the primary process write the metadata and each process
-write the shards it owns.
+write the shards it owns. With several processes saves are synchronous (see the comment
+in `Checkpointer.__init__`): a background save's barriers could deadlock with training.
 
 A damaged checkpoint (a truncated or overwritten data file, a deleted `_METADATA` or item
 directory) is found when it is read: every save stores a fingerprint of the state in its
@@ -91,7 +92,11 @@ class Checkpointer:
         save_interval_steps=save_interval_steps,
         cleanup_tmp_directories=True,  # remove unfinalised saves left by a crash
         create=True,
-        enable_async_checkpointing=True,
+        # Several processes: orbax's default barriers are XLA collectives, and from the
+        # background save thread they can interleave with the training step's collectives in
+        # a different order on each process, which deadlocks both. Saving in the main thread
+        # keeps every process's collectives in one order.
+        enable_async_checkpointing=jax.process_count() == 1,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -194,7 +199,7 @@ class Checkpointer:
         if validate is not None:
           validate(state)
       except Exception as e:  # noqa: BLE001  (any failure to read a step makes it unusable)
-        cause = _one_line(e)
+        cause = one_line(e)
         aside = self._set_aside(step)
         print(f"warning: checkpoint step {step} in {self.directory} cannot be restored ({cause}); moved to "
               f"{aside.name}, trying an older step", file=sys.stderr, flush=True)
@@ -246,7 +251,7 @@ def fingerprint(state: PyTree) -> list[float]:
   return [float(v) for v in np.asarray(_abs_sums(leaves).addressable_data(0))]
 
 
-def _one_line(error: BaseException, limit: int = 240) -> str:
+def one_line(error: BaseException, limit: int = 240) -> str:
   """`Type: first line of the message`, shortened: orbax and tensorstore errors run to pages."""
   text = str(error).strip().splitlines()[0] if str(error).strip() else ""
   text = f"{type(error).__name__}: {text}" if text else type(error).__name__

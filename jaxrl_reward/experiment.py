@@ -16,6 +16,7 @@ checkpoints (orbax is multi-host safe).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import signal
@@ -28,6 +29,7 @@ import objectives  # noqa: F401  (registers the objectives and estimators)
 from jaxrl_reward import checkpoint as checkpoint_lib
 from jaxrl_reward import interrupts
 from jaxrl_reward import metrics as metrics_lib
+from jaxrl_reward import peers
 from jaxrl_reward import provenance
 from jaxrl_reward import sharding
 from jaxrl_reward import stages as stages_lib
@@ -162,8 +164,17 @@ class Experiment:
     bar = tqdm.tqdm(range(start, end), initial=start, total=self.total_steps, disable=not is_main,
                     desc="train", dynamic_ncols=True)
     postfix: dict[str, float] = {}
-    with interrupts.StopRequests() as stops:
+    position = {"step": start, "saved": found[2] if found else None}
+
+    def where() -> str:
+      saved = position["saved"]
+      last = f"step {saved} in {workdir}/checkpoints" if saved is not None else "none yet"
+      return f"during step {position['step'] + 1}; the last checkpoint: {last}"
+
+    watch = peers.PeerWatch(cfg.get("multihost_timeout_s", 60), where)
+    with interrupts.StopRequests() as stops, watch, _peer_failures(watch):
       for step in bar:
+        position["step"] = step
         i = self.stage_index(step)
         stage = self.stages[i]
         state, metrics = stage.step(state, step)
@@ -181,6 +192,7 @@ class Experiment:
         signum = stops.requested()
         if (done == stage.end or signum or done % cfg.checkpoint_every == 0 or done == self.total_steps):
           ckpt.save(done, state, extra={"stage": self.stages[self.stage_index(done)].name}, force=True)
+          position["saved"] = done
         if signum:
           ckpt.close()
           logger.close()
@@ -227,6 +239,18 @@ class Experiment:
       metrics_lib.plot_curves(workdir / "metrics.jsonl", workdir / "reward_curve.png",
                               title=f"{self.config.objective.name} on {self.config.task.name}")
     return {"rows": rows, "table": table}
+
+
+@contextlib.contextmanager
+def _peer_failures(watch: peers.PeerWatch):
+  """With several processes, a collective that fails (a dead peer's connection reset) ends the
+  run with the peer watch's one line instead of a traceback and a hung shutdown."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() > 1:
+      watch.collective_failed(checkpoint_lib.one_line(e))
+    raise
 
 
 class ConfigMismatch(ValueError):

@@ -5,7 +5,8 @@
 
 Runs `sharded_run.config` (one warm-up step, two GRPO steps, evaluation and checkpoints)
 over a data 2 x fsdp 2 x tensor 2 mesh of all processes' devices, then (process 0) writes the
-final parameters, gathered from every process, to OUTPUT_NPZ.
+final parameters, gathered from every process, to OUTPUT_NPZ. `WORKER_RL_STEPS` and
+`WORKER_PEER_TIMEOUT_S` override the RL steps and `multihost_timeout_s`.
 """
 import os
 import sys
@@ -29,7 +30,10 @@ from jaxrl_reward import experiment  # noqa: E402
 
 def main(workdir: str, output: str) -> None:
   sharding.maybe_initialize_distributed()
-  run = experiment.Experiment(sharded_run.config(sharded_run.MESHES["data2_fsdp2_tensor2"]))
+  config = sharded_run.config(sharded_run.MESHES["data2_fsdp2_tensor2"])
+  config.train.steps = int(os.environ.get("WORKER_RL_STEPS", config.train.steps))
+  config.multihost_timeout_s = float(os.environ.get("WORKER_PEER_TIMEOUT_S", config.multihost_timeout_s))
+  run = experiment.Experiment(config)
   run.run(workdir)
   params = multihost_utils.process_allgather(run.state["policy"]["params"], tiled=True)
   if jax.process_index() == 0:

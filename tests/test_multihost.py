@@ -6,6 +6,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,8 +22,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, output, *, local_devices, process_id=None, num_processes=1, port=None):
+def _launch(workdir, output, *, local_devices, process_id=None, num_processes=1, port=None, **env_extra):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+  env.update(env_extra)
   env["WORKER_LOCAL_DEVICES"] = str(local_devices)
   env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
   if process_id is not None:
@@ -84,3 +86,33 @@ def test_two_processes_match_one(tmp_path):
     np.testing.assert_allclose(multi_params[k], single_params[k], rtol=1e-4, atol=1e-6, err_msg=k)
   # Both processes saved the sharded state into one set of checkpoints.
   assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]
+
+
+@pytest.mark.slow
+def test_dead_peer_is_one_line_in_bounded_time(tmp_path):
+  """Process 1 is killed mid-run: process 0 says so in one line and exits, well before
+  jax.distributed's own 100 s heartbeat timeout."""
+  port = _free_port()
+  procs = [_launch(tmp_path / "run", tmp_path / "out.npz", local_devices=4, process_id=i, num_processes=2, port=port,
+                   WORKER_RL_STEPS="40", WORKER_PEER_TIMEOUT_S="10") for i in range(2)]
+  try:
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + TIMEOUT_S
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('"train/stage": 1.0') >= 1):
+      assert procs[0].poll() is None and procs[1].poll() is None, procs[0].log.read_text()[-3000:]
+      time.sleep(0.2)
+    procs[1].kill()
+    killed = time.time()
+    procs[0].wait(timeout=90)
+    waited = time.time() - killed
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  out = procs[0].log.read_text()
+  assert procs[0].returncode == 1, out[-3000:]
+  errors = [line for line in out.splitlines() if line.startswith("error: process 0 of 2")]
+  assert len(errors) == 1, out[-3000:]
+  assert "process 1 sent no heartbeat for 10 s" in errors[0] and "the last checkpoint: step" in errors[0]
+  assert waited < 60
