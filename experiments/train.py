@@ -53,7 +53,7 @@ def main(argv):
   try:  # every start-up check: names, options, shapes, the workdir's run; nothing is written yet
     run = experiment.Experiment(config)
     run.check_workdir(_WORKDIR.value, _ALLOW.value)
-  except (ValueError, KeyError, TypeError) as e:
+  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
     if _TRACEBACK.value:
       raise
     sys.exit(f"error: {e.args[0] if e.args else e}  (--traceback shows where)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import pathlib
 import signal
 from typing import Any
@@ -235,7 +236,8 @@ class Experiment:
     table = metrics_lib.format_table(rows, columns)
     if jax.process_index() == 0:
       (workdir / "results.md").write_text(table + "\n")
-      (workdir / "results.json").write_text(json.dumps(rows, indent=2))
+      finite = [{k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()} for r in rows]
+      (workdir / "results.json").write_text(json.dumps(finite, indent=2, allow_nan=False))  # strict JSON
       metrics_lib.plot_curves(workdir / "metrics.jsonl", workdir / "reward_curve.png",
                               title=f"{self.config.objective.name} on {self.config.task.name}")
     return {"rows": rows, "table": table}

@@ -2,9 +2,14 @@
 
 `metrics.jsonl` holds one JSON object per `MetricsLogger.log` call:
 `{"step": 12, "train/reward": 0.41, "loss/policy": -0.02, ...}` (keys namespaced
-`<group>/<name>`, values plain floats; NaN and inf are written as the JSON extensions
-`NaN`, `Infinity`, which `read_metrics` reads back). Each line is flushed when written,
-so the file is readable while the run goes on and loses at most the last line in a crash.
+`<group>/<name>`, values plain floats). Every line is strict JSON, so any JSON reader
+takes it: a NaN or infinite value is written as `null` and its key listed, with which
+value it was, in the line's `nonfinite` field,
+`{"step": 3, "loss/total": null, "nonfinite": {"loss/total": "nan"}}` ("nan", "inf" or
+"-inf"). `read_metrics` puts the floats back (and drops `nonfinite`), so tables and plots
+see NaN / inf; it also reads older files with the bare `NaN` / `Infinity` tokens. Each
+line is flushed when written, so the file is readable while the run goes on and loses at
+most the last line in a crash.
 
 Resume: a run restarted from the checkpoint of step `s` calls `truncate_after(s)` first,
 so that the lines logged after that checkpoint by the interrupted run are dropped and the
@@ -30,6 +35,8 @@ import numpy as np
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 DEFAULT_PLOT_KEYS = ("train/reward", "eval/accuracy_greedy", "eval/accuracy_sampled")
+NONFINITE_KEY = "nonfinite"  # per line: name -> "nan" / "inf" / "-inf" of each value written as null
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 def _to_float(key: str, value: Any) -> float:
@@ -38,6 +45,48 @@ def _to_float(key: str, value: Any) -> float:
   if array.size != 1:
     raise ValueError(f"metrics[{key!r}] must be a scalar, got an array of shape {array.shape}")
   return float(array.reshape(()))
+
+
+def _nonfinite_name(value: float) -> str:
+  return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+
+
+def _encode_line(row: Mapping[str, Any]) -> str:
+  """One strict-JSON line of `row` (step and float values): non-finite floats become null,
+  named in the `nonfinite` field."""
+  record, nonfinite = {}, {}
+  for key, value in row.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      nonfinite[key] = _nonfinite_name(value)
+      value = None
+    record[key] = value
+  if nonfinite:
+    record[NONFINITE_KEY] = nonfinite
+  return json.dumps(record, allow_nan=False)
+
+
+def _decode_line(line: str, where: str) -> dict:
+  """A row from one line: the values named in `nonfinite` as floats again. Bare `NaN` /
+  `Infinity` tokens (files written before the strict format) are read as floats too.
+
+  Raises json.JSONDecodeError for a line that is not JSON, ValueError (naming `where`) for
+  a `nonfinite` field that does not name null values as "nan", "inf" or "-inf".
+  """
+  row = json.loads(line)
+  if not isinstance(row, dict):
+    raise ValueError(f"{where} is not a JSON object: {line[:80]!r}")
+  nonfinite = row.pop(NONFINITE_KEY, None)
+  if nonfinite is None:
+    return row
+  if not isinstance(nonfinite, dict):
+    raise ValueError(f"{where}: field {NONFINITE_KEY!r} must map metric names to 'nan', 'inf' or '-inf', "
+                     f"got {nonfinite!r}")
+  for key, name in nonfinite.items():
+    if name not in _NONFINITE or key not in row or row[key] is not None:
+      raise ValueError(f"{where}: field {NONFINITE_KEY!r} has {key!r}: {name!r}; expected one of "
+                       f"{list(_NONFINITE)} for a key whose value is null")
+    row[key] = _NONFINITE[name]
+  return row
 
 
 class MetricsLogger:
@@ -92,11 +141,14 @@ class MetricsLogger:
     self._check_open()
     if "step" in metrics:
       raise ValueError("metrics must not contain the key 'step' (it is the `step` argument)")
+    if NONFINITE_KEY in metrics:
+      raise ValueError(f"metrics must not contain the key {NONFINITE_KEY!r} (each line of {METRICS_FILE} "
+                       "uses it to name its NaN / inf values)")
     step = int(step)
     record = {"step": step}
     for key, value in metrics.items():
       record[str(key)] = _to_float(str(key), value)
-    self._file.write(json.dumps(record) + "\n")
+    self._file.write(_encode_line(record) + "\n")
     self._file.flush()
     if self._use_tensorboard:
       writer = self._tensorboard()
@@ -120,7 +172,7 @@ class MetricsLogger:
     tmp = self.path.with_name(self.path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
       for row in kept:
-        f.write(json.dumps(row) + "\n")
+        f.write(_encode_line(row) + "\n")
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, self.path)
@@ -150,7 +202,9 @@ class MetricsLogger:
 def read_metrics(path: str | os.PathLike) -> list[dict]:
   """Reads a `metrics.jsonl` file (or the one in directory `path`) as a list of dicts.
 
-  A malformed last line (a write cut short by a crash) is skipped with a warning; a
+  Values listed in a line's `nonfinite` field come back as float NaN / inf (the field
+  itself is dropped), as do the bare `NaN` / `Infinity` tokens of older files. A
+  malformed last line (a write cut short by a crash) is skipped with a warning; a
   malformed line elsewhere is an error.
   """
   path = pathlib.Path(path)
@@ -162,7 +216,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
   rows = []
   for i, line in enumerate(lines):
     try:
-      rows.append(json.loads(line))
+      rows.append(_decode_line(line, f"{str(path)!r} line {i + 1}"))
     except json.JSONDecodeError as e:
       if i == len(lines) - 1:
         warnings.warn(f"skipping the truncated last line of {str(path)!r}: {line[:80]!r}")
@@ -246,4 +300,4 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
 
 
 __all__ = ["MetricsLogger", "read_metrics", "plot_curves", "format_table", "METRICS_FILE",
-           "TENSORBOARD_DIR", "DEFAULT_PLOT_KEYS"]
+           "TENSORBOARD_DIR", "DEFAULT_PLOT_KEYS", "NONFINITE_KEY"]

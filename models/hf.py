@@ -14,7 +14,9 @@ quantised checkpoint) is a ValueError naming the field.
 Weights are read with the `safetensors` library (numpy framework; dtypes numpy lacks, such
 as bfloat16, through its flax framework on the CPU backend), one tensor at a time, from a
 single `model.safetensors` or from the shards listed in `model.safetensors.index.json`.
-torch is not needed to load or save.
+torch is not needed to load or save. A broken folder is a one-line error naming the file:
+a config.json or index that is not JSON, a truncated safetensors file, a tensor holding a
+NaN or inf (each tensor is checked on the host as it is read).
 
 Dtypes: `dtype` is the compute dtype (default "float32"); parameters are stored in
 `param_dtype` (default "float32", also for bfloat16 checkpoints, so that optimiser updates
@@ -306,6 +308,49 @@ def _path_name(path) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
+def _read_json(fn: str) -> Any:
+  """The contents of the JSON file `fn`; a file that is not JSON is a one-line ValueError naming it."""
+  try:
+    with open(fn, encoding="utf-8") as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{fn} is not valid JSON: {e}") from None
+
+
+def _safe_open(fn: str, framework: str):
+  """`safetensors.safe_open`, with a file whose header does not parse or whose data the
+  header says is longer than the file (a cut-off download or copy) named in one line."""
+  from safetensors import SafetensorError, safe_open
+  try:
+    return safe_open(fn, framework=framework)
+  except SafetensorError as e:
+    raise ValueError(f"{fn} is truncated or not a safetensors file: {e}") from None
+
+
+def check_finite(name: str, tensor: np.ndarray, source: str) -> None:
+  """Raises a one-line ValueError naming tensor `name` and its file `source` when the
+  tensor holds a NaN or an inf: such a checkpoint loads, then gives NaN logits at the
+  first step, far from the cause.
+
+  Cheap enough to run on every tensor at load: one float sum (NaN and inf carry through
+  it); only a non-finite sum, which finite values that overflow also give, looks at the
+  elements. Bool and integer tensors are skipped.
+  """
+  if tensor.dtype.kind in "biu":
+    return
+  with np.errstate(over="ignore", invalid="ignore"):  # an overflow is looked into below
+    total = np.sum(tensor, dtype=np.float64 if tensor.dtype == np.float64 else np.float32)
+  if np.isfinite(total):
+    return
+  bad = ~np.isfinite(tensor)
+  count = int(np.count_nonzero(bad))
+  if count:
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), tensor.shape))
+    plural = "s" if count > 1 else ""
+    raise ValueError(f"tensor {name!r} in {source} holds {count} non-finite value{plural} (NaN or inf) "
+                     f"among its {tensor.size}, the first at index {first}; the checkpoint is corrupt")
+
+
 class SafetensorsReader:
   """Reads the tensors of an HF folder one at a time (single file or index-sharded)."""
 
@@ -314,12 +359,12 @@ class SafetensorsReader:
     single = os.path.join(self.path, WEIGHTS_FILE)
     index = os.path.join(self.path, INDEX_FILE)
     if os.path.exists(index):
-      with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
-      self.files = {name: os.path.join(self.path, fn) for name, fn in weight_map.items()}
+      weight_map = _read_json(index)
+      if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+        raise ValueError(f"{index} has no 'weight_map' object (tensor name -> shard file)")
+      self.files = {name: os.path.join(self.path, fn) for name, fn in weight_map["weight_map"].items()}
     elif os.path.exists(single):
-      from safetensors import safe_open
-      with safe_open(single, framework="numpy") as f:
+      with _safe_open(single, "numpy") as f:
         self.files = {name: single for name in f.keys()}
     else:
       raise FileNotFoundError(f"{self.path} has neither {WEIGHTS_FILE} nor {INDEX_FILE}")
@@ -341,8 +386,7 @@ class SafetensorsReader:
 
   def _handle(self, fn: str):
     if fn not in self._open:
-      from safetensors import safe_open
-      self._open[fn] = self._stack.enter_context(safe_open(fn, framework="numpy"))
+      self._open[fn] = self._stack.enter_context(_safe_open(fn, "numpy"))
     return self._open[fn]
 
   def get(self, name: str) -> np.ndarray:
@@ -357,8 +401,7 @@ class SafetensorsReader:
     handle = self._handle(fn)
     if handle.get_slice(name).get_dtype() in _NUMPY_DTYPES:
       return handle.get_tensor(name)
-    from safetensors import safe_open
-    with _on_host(), safe_open(fn, framework="flax") as f:
+    with _on_host(), _safe_open(fn, "flax") as f:
       return np.asarray(f.get_tensor(name))
 
 
@@ -375,13 +418,16 @@ def read_config(path: str | os.PathLike) -> dict:
 
   Raises:
     FileNotFoundError: naming the path when the folder or its config.json is missing.
+    ValueError: naming the file when it is not valid JSON or not a JSON object.
   """
   fn = os.path.join(os.fspath(path), CONFIG_FILE)
   if not os.path.isfile(fn):
     raise FileNotFoundError(
         f"no {CONFIG_FILE} in {os.fspath(path)!r} (expected an HF model folder)")
-  with open(fn) as f:
-    return json.load(f)
+  config = _read_json(fn)
+  if not isinstance(config, dict):
+    raise ValueError(f"{fn} must hold a JSON object (the HF config), got a {type(config).__name__}")
+  return config
 
 
 def _place(host: np.ndarray, sharding) -> jax.Array:
@@ -409,8 +455,9 @@ def load(path: str | os.PathLike, *, dtype=None, mesh=None, rules=None,
     param_dtype: parameter storage dtype, default "float32".
   Raises:
     FileNotFoundError: the folder, its config.json or its weights are missing.
-    ValueError: an unsupported config (see `config_from_hf`), a tensor of the wrong shape,
-      or tensors the model has no place for.
+    ValueError: an unsupported config (see `config_from_hf`), a config.json or index that
+      is not valid JSON, a truncated safetensors file, a tensor of the wrong shape or with a
+      NaN / inf (`check_finite`), or tensors the model has no place for.
     KeyError: a tensor the model needs is missing (named).
   """
   path = os.fspath(path)
@@ -441,6 +488,7 @@ def load(path: str | os.PathLike, *, dtype=None, mesh=None, rules=None,
       name = _path_name(p)
       source = hf_name(name)
       tensor = reader.get(source)
+      check_finite(source, tensor, reader.files[source])
       expected = hf_shape(name, abstract_value.shape)
       if tuple(tensor.shape) != expected:
         raise ValueError(f"tensor {source!r} has shape {tuple(tensor.shape)}, expected {expected} "

@@ -378,6 +378,87 @@ def test_unexpected_tensor_is_named(llama_folder, tmp_path):
     hf.load(dst)
 
 
+def _one_line_error(exc_info):
+  message = str(exc_info.value)
+  assert "\n" not in message, message
+  return message
+
+
+def _truncate(path, size):
+  with open(path, "r+b") as f:
+    f.truncate(size)
+
+
+def test_invalid_config_json_is_named(llama_folder, tmp_path):
+  dst = tmp_path / "bad_config"
+  shutil.copytree(llama_folder, dst)
+  (dst / "config.json").write_text('{"model_type": "llama",')
+  with pytest.raises(ValueError) as exc_info:
+    hf.load(dst)
+  assert _one_line_error(exc_info).startswith(f"{dst}/config.json is not valid JSON: ")
+  (dst / "config.json").write_text('["llama"]')
+  with pytest.raises(ValueError, match=r"config\.json must hold a JSON object"):
+    hf.read_config(dst)
+
+
+@pytest.mark.parametrize("keep", ["half", 8, 0])
+def test_truncated_safetensors_is_named(llama_folder, tmp_path, keep):
+  dst = tmp_path / "truncated"
+  shutil.copytree(llama_folder, dst)
+  weights = dst / hf.WEIGHTS_FILE
+  _truncate(weights, weights.stat().st_size // 2 if keep == "half" else keep)
+  with pytest.raises(ValueError) as exc_info:
+    hf.load(dst)
+  assert _one_line_error(exc_info).startswith(f"{weights} is truncated or not a safetensors file: ")
+
+
+def test_truncated_shard_and_bad_index_are_named(tmp_path):
+  from models.transformer import Transformer
+  config = hf.config_from_hf(_llama_dict(**TINY, rope_theta=1e4, tie_word_embeddings=False))
+  hf.save(Transformer(config, rngs=nnx.Rngs(0)), tmp_path, max_shard_bytes=16_000)
+  shards = sorted(tmp_path.glob("model-*.safetensors"))
+  assert len(shards) >= 2
+  _truncate(shards[-1], shards[-1].stat().st_size - 1)
+  with pytest.raises(ValueError) as exc_info:
+    hf.load(tmp_path)
+  assert _one_line_error(exc_info).startswith(f"{shards[-1]} is truncated or not a safetensors file: ")
+  (tmp_path / hf.INDEX_FILE).write_text('{"weight_map": ')
+  with pytest.raises(ValueError) as exc_info:
+    hf.load(tmp_path)
+  assert _one_line_error(exc_info).startswith(f"{tmp_path}/{hf.INDEX_FILE} is not valid JSON: ")
+  (tmp_path / hf.INDEX_FILE).write_text('{"metadata": {}}')
+  with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json has no 'weight_map'"):
+    hf.load(tmp_path)
+
+
+@pytest.mark.parametrize("bad, count", [(np.nan, 1), (np.inf, 2), (-np.inf, 1)])
+def test_non_finite_weight_is_named(llama_folder, tmp_path, bad, count):
+  name = "model.layers.1.mlp.up_proj.weight"
+
+  def poison(tensors):
+    tensors[name].flat[[7, 40][:count]] = bad
+    return tensors
+
+  dst = _copy_with_tensors(llama_folder, tmp_path / "poisoned", poison)
+  with pytest.raises(ValueError) as exc_info:
+    hf.load(dst)
+  message = _one_line_error(exc_info)
+  assert message.startswith(f"tensor {name!r} in {dst}/{hf.WEIGHTS_FILE} holds {count} non-finite value")
+  assert "(0, 7)" in message  # the first one's index, in the file's [out, in] layout
+
+
+def test_check_finite_reads_bfloat16_and_ignores_integers():
+  import ml_dtypes
+  weights = np.ones((4, 3), ml_dtypes.bfloat16)
+  hf.check_finite("w", weights, "f.safetensors")
+  weights[2, 1] = np.inf
+  with pytest.raises(ValueError, match=r"'w' in f\.safetensors holds 1 non-finite value .*\(2, 1\)"):
+    hf.check_finite("w", weights, "f.safetensors")
+  hf.check_finite("ids", np.arange(5), "f.safetensors")
+  big = np.full(8, np.finfo(np.float32).max, np.float32)  # finite, though its float32 sum overflows
+  hf.check_finite("big", big, "f.safetensors")
+
+
 # ----------------------------------------------------------------------------- tokenizer
 
 

@@ -145,6 +145,77 @@ def test_missing_file(tmp_path):
     load_math_file(missing)
 
 
+def test_missing_file_or_a_folder_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"'.*/rows\.jsonl' does not exist"):
+    load_math_file(tmp_path / "rows.jsonl")
+  (tmp_path / "data.jsonl").mkdir()
+  with pytest.raises(FileNotFoundError, match=r"'.*/data\.jsonl' is a directory"):
+    load_math_file(tmp_path / "data.jsonl")
+
+
+def _one_line_error(exc_info):
+  message = str(exc_info.value)
+  assert "\n" not in message, message
+  return message
+
+
+@pytest.mark.parametrize("name, content", [
+    ("empty.jsonl", b""), ("empty.json", b""), ("blank.jsonl", b"\n \n"), ("empty.parquet", b"")])
+def test_empty_file_is_a_one_line_error(tmp_path, name, content):
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(ValueError) as exc_info:
+    load_math_file(path)
+  assert _one_line_error(exc_info) == f"math data file {str(path)!r} is empty"
+
+
+def test_file_without_rows_is_a_one_line_error(tmp_path):
+  path = tmp_path / "rows.json"
+  path.write_text("[]")
+  with pytest.raises(ValueError, match=r"'.*/rows\.json' has no rows") as exc_info:
+    load_math_file(path)
+  _one_line_error(exc_info)
+  pq.write_table(pa.Table.from_pylist(GSM8K_ROWS).slice(0, 0), tmp_path / "rows.parquet")
+  with pytest.raises(ValueError, match=r"'.*/rows\.parquet' has no rows"):
+    load_math_file(tmp_path / "rows.parquet")
+
+
+def test_non_utf8_file_names_the_byte_and_offset(tmp_path):
+  path = tmp_path / "latin1.jsonl"
+  good = json.dumps(GSM8K_ROWS[2]).encode() + b"\n"
+  path.write_bytes(good + '{"question": "Caf\u00e9?", "answer": "#### 1"}\n'.encode("latin-1"))
+  with pytest.raises(ValueError) as exc_info:
+    load_math_file(path)
+  offset = len(good) + len('{"question": "Caf')
+  assert _one_line_error(exc_info) == (f"math data file {str(path)!r} is not UTF-8 text "
+                                       f"(byte 0xe9 at offset {offset})")
+
+
+def test_non_utf8_byte_past_the_first_chunk(tmp_path, monkeypatch):
+  monkeypatch.setattr(math_files, "_CHUNK_BYTES", 7)  # "é" (2 bytes) split across chunks, a bad byte later
+  path = tmp_path / "rows.jsonl"
+  head = '{"question": "caf\u00e9 ok?", "answer": "#### 1"}\n'.encode()
+  path.write_bytes(head + b'{"question": "\xff", "answer": "#### 2"}\n')
+  with pytest.raises(ValueError, match=rf"byte 0xff at offset {len(head) + 14}\)"):
+    load_math_file(path)
+  path.write_bytes(head + b'{"question": "cut \xc3')  # a multi-byte character cut off at the end
+  with pytest.raises(ValueError, match=rf"byte 0xc3 at offset {len(head) + 18}\)"):
+    load_math_file(path)
+
+
+def test_malformed_json_and_parquet_are_one_line_errors(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  path.write_text(json.dumps(GSM8K_ROWS[0]) + '\n{"question": \n')
+  with pytest.raises(ValueError, match=r"'.*/rows\.jsonl' is not valid JSON lines: .*row 1") as exc_info:
+    load_math_file(path)
+  _one_line_error(exc_info)
+  path = tmp_path / "rows.parquet"
+  path.write_bytes(b"not a parquet file at all")
+  with pytest.raises(ValueError, match=r"'.*/rows\.parquet' is not a parquet file: ") as exc_info:
+    load_math_file(path)
+  _one_line_error(exc_info)
+
+
 def test_unsupported_extension(tmp_path):
   path = tmp_path / "gsm8k.csv"
   path.write_text("question,answer\nq,#### 1\n")
@@ -198,3 +269,13 @@ def test_build_math_file_task(tmp_path):
   assert math_files.math_sft_target({"answer": "5"}) == "#### 5"
   with pytest.raises(ValueError, match="tokenizer"):
     math_files.build_math_file_task(config, 0)
+  eval_path = _write_jsonl(tmp_path / "eval.jsonl", _numbered_rows(6))
+  config.eval_file, config.num_eval = str(eval_path), 0  # the whole eval file, then its first rows
+  task = math_files.build_math_file_task(config, 0, tokenizer=task.tokenizer)
+  assert [ex["answer"] for ex in task.eval] == [str(i) for i in range(6)]
+  config.num_eval = 2
+  task = math_files.build_math_file_task(config, 0, tokenizer=task.tokenizer)
+  assert len(task.train) == 12 and [ex["answer"] for ex in task.eval] == ["0", "1"]
+  config.train_file = ""
+  with pytest.raises(ValueError, match="task.train_file is not set"):
+    math_files.build_math_file_task(config, 0, tokenizer=build_arithmetic_tokenizer())

@@ -29,6 +29,13 @@ def _read_tensorboard_scalars(tb_dir):
   return scalars
 
 
+def _strict_json(line):
+  """`json.loads` that rejects the non-standard tokens NaN, Infinity and -Infinity."""
+  def reject(token):
+    raise ValueError(f"non-standard JSON token {token} in {line!r}")
+  return json.loads(line, parse_constant=reject)
+
+
 def test_log_writes_one_json_line_per_call_and_tensorboard(tmp_path):
   logger = metrics_lib.MetricsLogger(tmp_path)
   logger.log(1, {"train/reward": 0.5, "loss/policy": jnp.float32(-0.25)})
@@ -71,12 +78,58 @@ def test_truncate_after_matches_an_uninterrupted_run(tmp_path):
       logger.log(step, values(step))
   full = (tmp_path / "full" / "metrics.jsonl").read_text()
   assert (tmp_path / "resumed" / "metrics.jsonl").read_text() == full
+  assert _strict_json(full.splitlines()[3])["nonfinite"] == {"stats/kl": "nan"}  # rewritten lines stay strict
   rows = metrics_lib.read_metrics(tmp_path / "full" / "metrics.jsonl")
   assert [r["step"] for r in rows] == list(range(6))
   assert math.isnan(rows[3]["stats/kl"])
   assert len(list((tmp_path / "resumed" / "tensorboard").glob("events.out.tfevents.*"))) == 2
   scalars = _read_tensorboard_scalars(tmp_path / "resumed" / "tensorboard")
   assert ("<purge>", 3, None) in scalars  # TensorBoard discards the earlier steps >= 3
+
+
+def test_nonfinite_values_are_strict_json_and_read_back_as_floats(tmp_path):
+  with metrics_lib.MetricsLogger(tmp_path) as logger:
+    logger.log(1, {"loss/total": 0.5, "stats/kl": 0.1})
+    logger.log(2, {"loss/total": math.nan, "stats/kl": np.float32(np.inf),
+                   "stats/ratio": jnp.float32(-jnp.inf), "train/reward": 0.25})
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  parsed = [_strict_json(line) for line in lines]  # strict JSON: no NaN / Infinity tokens
+  assert parsed == [
+      {"step": 1, "loss/total": 0.5, "stats/kl": 0.1},
+      {"step": 2, "loss/total": None, "stats/kl": None, "stats/ratio": None, "train/reward": 0.25,
+       "nonfinite": {"loss/total": "nan", "stats/kl": "inf", "stats/ratio": "-inf"}},
+  ]
+  rows = metrics_lib.read_metrics(tmp_path)
+  assert list(rows[1]) == ["step", "loss/total", "stats/kl", "stats/ratio", "train/reward"]
+  assert math.isnan(rows[1]["loss/total"]) and rows[1]["train/reward"] == 0.25
+  assert rows[1]["stats/kl"] == math.inf and rows[1]["stats/ratio"] == -math.inf
+  scalars = _read_tensorboard_scalars(tmp_path / "tensorboard")  # TensorBoard gets the floats
+  assert ("stats/kl", 2, math.inf) in scalars and ("stats/ratio", 2, -math.inf) in scalars
+  assert any(tag == "loss/total" and step == 2 and math.isnan(v) for tag, step, v in scalars)
+  table = metrics_lib.format_table(rows, ["step", "loss/total", "stats/kl", "stats/ratio"])
+  assert table.splitlines()[-1] == "| 2 | nan | inf | -inf |"
+  out = tmp_path / "curves.png"
+  assert metrics_lib.plot_curves(tmp_path, out, keys=("loss/total", "stats/kl", "stats/ratio")) == [
+      "loss/total", "stats/kl", "stats/ratio"]
+  assert out.read_bytes().startswith(b"\x89PNG")
+  with metrics_lib.MetricsLogger(tmp_path, tensorboard=False) as logger:
+    with pytest.raises(ValueError, match="nonfinite"):
+      logger.log(3, {"nonfinite": 1.0})
+
+
+def test_read_metrics_reads_bare_nonfinite_tokens_of_old_files(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text(
+      '{"step": 0, "a": NaN, "b": Infinity, "c": -Infinity}\n{"step": 1, "a": 1.0, "b": null}\n')
+  rows = metrics_lib.read_metrics(tmp_path)
+  assert math.isnan(rows[0]["a"]) and rows[0]["b"] == math.inf and rows[0]["c"] == -math.inf
+  assert rows[1] == {"step": 1, "a": 1.0, "b": None}
+
+
+def test_read_metrics_rejects_a_bad_nonfinite_field(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 0, "a": null, "nonfinite": {"a": "big"}}\n{"step": 1, "a": 1.0}\n')
+  with pytest.raises(ValueError, match=r"line 1.*nonfinite.*'a'"):
+    metrics_lib.read_metrics(path)
 
 
 def test_disabled_logger_writes_nothing(tmp_path):

@@ -1,6 +1,5 @@
 """Two local processes joined by `jax.distributed` (4 CPU devices each) train exactly like
 one process with 8 devices: same loss trajectory, same parameters, one set of logs."""
-import json
 import os
 import pathlib
 import socket
@@ -10,6 +9,8 @@ import time
 
 import numpy as np
 import pytest
+
+from jaxrl_reward import metrics as metrics_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multihost_worker.py"
@@ -58,7 +59,7 @@ def _wait_all(procs):
 
 
 def _metrics(workdir):
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return metrics_lib.read_metrics(workdir / "metrics.jsonl")
 
 
 @pytest.mark.slow

@@ -23,6 +23,10 @@ The final answer is read from `answer_field` according to `answer_format`:
 A separate `solution_field` column (default "solution"), when the file has one and it is
 not the answer field, is kept as the solution.
 
+A file that cannot give examples is a one-line error naming it: FileNotFoundError when it
+does not exist (or is a directory), ValueError when it is empty, has no rows, is not UTF-8
+(the byte and its offset), is not valid JSON / parquet, or lacks a field.
+
 Splits are deterministic in `split_seed`: `num_eval` rows chosen by
 `default_rng(split_seed).permutation`, both splits in file order. `shard_examples` gives
 process `i` of `n` the disjoint, reproducible slice `examples[i::n]` (cut to the same
@@ -30,6 +34,7 @@ length on every process by default).
 """
 from __future__ import annotations
 
+import codecs
 import os
 import pathlib
 from typing import Any, Iterable, Mapping, Sequence
@@ -42,20 +47,61 @@ from jaxrl_reward.rewards.math_verify_reward import last_boxed
 ANSWER_MARKER = "####"
 ANSWER_FORMATS = ("auto", "gsm8k", "boxed", "plain")
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".parquet")
+_CHUNK_BYTES = 1 << 20  # read size of the UTF-8 check of jsonl / json files
 
 Example = dict  # {"prompt": str, "answer": str, "solution": str (optional)}
+
+
+def _check_text_file(path: pathlib.Path) -> None:
+  """Raises a one-line ValueError naming `path` when it holds no text (empty or only
+  whitespace) or is not UTF-8, so that these files never reach `datasets`, whose errors for
+  them (a bare StopIteration, a UnicodeDecodeError at a chunk offset) name neither.
+
+  Read in chunks with an incremental decoder: one extra sequential read, constant memory.
+  """
+  decoder = codecs.getincrementaldecoder("utf-8")("strict")
+  offset, has_text = 0, False
+  with open(path, "rb") as f:
+    while True:
+      chunk = f.read(_CHUNK_BYTES)
+      # The decoder keeps the bytes of a character cut at the chunk end; they start the next input.
+      start = offset - len(decoder.getstate()[0])
+      try:
+        text = decoder.decode(chunk, final=not chunk)
+      except UnicodeDecodeError as e:
+        raise ValueError(f"math data file {str(path)!r} is not UTF-8 text "
+                         f"(byte 0x{e.object[e.start]:02x} at offset {start + e.start})") from None
+      has_text = has_text or bool(text.strip())
+      if not chunk:
+        break
+      offset += len(chunk)
+  if not has_text:
+    raise ValueError(f"math data file {str(path)!r} is empty")
+
+
+def _first_line(error: BaseException) -> str:
+  """The innermost cause of `error` as one line (datasets wraps the parser's own error)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__
 
 
 def read_records(path: str | os.PathLike, *, cache_dir: str | None = None):
   """Reads a local jsonl / json / parquet file into a `datasets.Dataset` (in memory).
 
   Raises:
-    FileNotFoundError naming the path when it does not exist (or is not a file);
-    ValueError naming the supported extensions for any other extension.
+    FileNotFoundError naming the path when it does not exist or is a directory;
+    ValueError naming the path for any other extension than the supported ones, an empty
+    file, a file without rows, a jsonl / json file that is not UTF-8 (with the byte and
+    its offset) or not valid JSON, and a file that is not parquet.
   """
   path = pathlib.Path(path)
+  if path.is_dir():
+    raise FileNotFoundError(f"math data file {str(path)!r} is a directory; expected a "
+                            f"{' / '.join(SUPPORTED_EXTENSIONS)} file")
   if not path.is_file():
-    raise FileNotFoundError(f"math data file not found: {str(path)!r}")
+    raise FileNotFoundError(f"math data file {str(path)!r} does not exist")
   suffix = path.suffix.lower()
   if suffix not in SUPPORTED_EXTENSIONS:
     raise ValueError(f"unsupported math data file extension {suffix!r} in {str(path)!r}; "
@@ -63,8 +109,29 @@ def read_records(path: str | os.PathLike, *, cache_dir: str | None = None):
   import datasets  # imported lazily: heavy, and only the loaders need it
 
   if suffix == ".parquet":
-    return datasets.Dataset.from_parquet(str(path), keep_in_memory=True, cache_dir=cache_dir)
-  return datasets.Dataset.from_json(str(path), keep_in_memory=True, cache_dir=cache_dir)
+    if path.stat().st_size == 0:
+      raise ValueError(f"math data file {str(path)!r} is empty")
+    import pyarrow.parquet as pq  # a dependency of datasets
+
+    try:  # the footer alone: checks the format and counts the rows (datasets fails on zero rows)
+      num_rows = pq.read_metadata(path).num_rows
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+      raise ValueError(f"math data file {str(path)!r} is not a parquet file: {_first_line(e)}") from e
+    if num_rows == 0:
+      raise ValueError(f"math data file {str(path)!r} has no rows")
+    records = datasets.Dataset.from_parquet(str(path), keep_in_memory=True, cache_dir=cache_dir)
+  else:
+    _check_text_file(path)
+    kind = "JSON lines" if suffix == ".jsonl" else "JSON"
+    try:
+      records = datasets.Dataset.from_json(str(path), keep_in_memory=True, cache_dir=cache_dir)
+    except (ValueError, datasets.exceptions.DatasetGenerationError) as e:
+      if "corresponds to no data" in str(e):  # datasets' words for a file that parses to zero rows
+        raise ValueError(f"math data file {str(path)!r} has no rows") from e
+      raise ValueError(f"math data file {str(path)!r} is not valid {kind}: {_first_line(e)}") from e
+  if len(records) == 0:
+    raise ValueError(f"math data file {str(path)!r} has no rows")
+  return records
 
 
 def final_answer(text: str, answer_format: str = "auto") -> tuple[str, bool]:
@@ -238,8 +305,9 @@ def load_math_file(
     `(train, eval)` lists of examples.
 
   Raises:
-    FileNotFoundError (missing file), ValueError (unsupported extension, missing field,
-    row without an answer, bad `num_eval` or process arguments).
+    FileNotFoundError (missing file), ValueError (unsupported extension, empty file, file
+    without rows, not UTF-8, not valid JSON / parquet, missing field, row without an
+    answer, bad `num_eval` or process arguments).
   """
   if (process_index is None) != (process_count is None):
     raise ValueError(f"pass both process_index and process_count or neither, got "
@@ -305,7 +373,8 @@ def build_math_file_task(task_config, seed: int, *, tokenizer=None):
     train_file: the training file.
     eval_file: optional held-out file; without it, `num_eval` rows of `train_file` are
       held out (split seed: `seed`).
-    num_eval: see above (default 0).
+    num_eval: with `eval_file`, how many of its first rows are held out (0: all); without
+      it, see above (default 0).
     question_field, answer_field, answer_format: see `load_math_file` (defaults: GSM8K).
     prompt_template: optional, `str.format`-ed with `question=`; default `"{question}"`.
     tokenizer_dir: a local Hugging Face tokenizer directory, used when `tokenizer` is None.
@@ -331,10 +400,17 @@ def build_math_file_task(task_config, seed: int, *, tokenizer=None):
   fields = dict(question_field=_config_value(task_config, "question_field", "question"),
                 answer_field=_config_value(task_config, "answer_field", "answer"),
                 answer_format=_config_value(task_config, "answer_format", "auto"))
+  if not _config_value(task_config, "train_file"):
+    raise ValueError(f"task.train_file is not set (got {getattr(task_config, 'train_file', None)!r}); "
+                     f"expected a local {' / '.join(SUPPORTED_EXTENSIONS)} file")
   eval_file = _config_value(task_config, "eval_file")
   if eval_file:
     train = load_math_examples(task_config.train_file, **fields)
     held_out = load_math_examples(eval_file, **fields)
+    num_eval = int(_config_value(task_config, "num_eval", 0))
+    if num_eval < 0:
+      raise ValueError(f"task.num_eval must be >= 0, got {num_eval}")
+    held_out = held_out[:num_eval or len(held_out)]
   else:
     train, held_out = load_math_file(task_config.train_file, split_seed=seed,
                                      num_eval=_config_value(task_config, "num_eval", 0), **fields)
