@@ -10,6 +10,10 @@ Group-relative estimators need `group_size >= 2` (a one-sample group has no base
 they raise ValueError). No estimator returns NaN for zero-variance groups, groups with
 fewer than two valid samples, or fully masked rows: those get advantage 0.
 
+Masked and invalid entries are ignored whatever they hold (NaN and +-inf included): values of
+`rewards`, `values`, ... at positions where `mask` is 0 and the `[B]` rewards of invalid samples
+are replaced before any arithmetic (`checks.fill_masked`), so they change no other output.
+
 Estimators (verl `core_algos` names in brackets):
 - `group_advantages`: GRPO / Dr. GRPO z-score (TRL `scale_rewards`) [grpo].
 - `rloo`: leave-one-out mean baseline (arXiv 2402.14740) [rloo].
@@ -84,6 +88,7 @@ def _safe_div(num: Array, den: Array) -> Array:
 
 def _weighted_stats(values: Array, weights: Array, axis) -> tuple[Array, Array, Array]:
   """Mean and unbiased (ddof=1) std of `values` where weights are 1; also the count."""
+  values = checks.fill_masked(values, weights)
   count = jnp.sum(weights, axis=axis, keepdims=True)
   mean = _safe_div(jnp.sum(values * weights, axis=axis, keepdims=True), count)
   sq = jnp.sum(jnp.square(values - mean) * weights, axis=axis, keepdims=True)
@@ -153,7 +158,7 @@ def _token_or_outcome(rewards: Array, mask: Array) -> tuple[Array, Array]:
       raise ValueError(f"mask batch {mask.shape[0]} must equal rewards batch {rewards.shape[0]}")
     rewards = outcome_to_token_rewards(rewards, mask)
   mask = _mask(mask, rewards.shape, rewards.dtype)
-  return rewards, mask
+  return checks.fill_masked(rewards, mask), mask
 
 
 # ----------------------------------------------------------------------------- group baselines
@@ -205,8 +210,8 @@ def group_advantages(
     weights = weights[:, None] * _mask(mask, rewards.shape, rewards.dtype)
   elif mask is not None:
     raise ValueError(f"mask is only used with [B, T] rewards; rewards have shape {rewards.shape}")
-  r = rewards.reshape(groups, -1)  # [groups, G] or [groups, G*T]
   w = weights.reshape(groups, -1)
+  r = checks.fill_masked(rewards.reshape(groups, -1), w)  # [groups, G] or [groups, G*T]
   mean, std, _ = _weighted_stats(r, w, axis=1)
   centered = (r - mean) * w
   if scale_rewards == "batch":
@@ -224,7 +229,7 @@ def _grouped_sequence_rewards(rewards, group_size, valid) -> tuple[Array, Array]
   _rank(rewards, (1,), "rewards", "[B]")
   groups = _check_group_size(rewards.shape[0], group_size)
   w = _valid(valid, rewards.shape[0], rewards.dtype).reshape(groups, -1)
-  return rewards.reshape(groups, -1), w
+  return checks.fill_masked(rewards.reshape(groups, -1), w), w
 
 
 def rloo(rewards: Array, *, group_size: int, valid: Array | None = None) -> Array:
@@ -241,8 +246,7 @@ def rloo(rewards: Array, *, group_size: int, valid: Array | None = None) -> Arra
   Returns:
     [B] advantages.
   """
-  r, w = _grouped_sequence_rewards(rewards, group_size, valid)
-  r = r * w
+  r, w = _grouped_sequence_rewards(rewards, group_size, valid)  # r is 0 where invalid
   n = jnp.sum(w, axis=1, keepdims=True)
   adv = _safe_div(n * r - jnp.sum(r, axis=1, keepdims=True), n - 1.0) * (n > 1) * w
   return adv.reshape(-1)
@@ -269,8 +273,8 @@ def opo(rewards: Array, lengths: Array, *, group_size: int, valid: Array | None 
     raise ValueError(f"lengths shape {lengths.shape} must equal rewards shape {rewards.shape}")
   groups = _check_group_size(rewards.shape[0], group_size)
   w = _valid(valid, rewards.shape[0], rewards.dtype).reshape(groups, -1)
-  r = rewards.reshape(groups, -1)
-  length = lengths.reshape(groups, -1) * w
+  r = checks.fill_masked(rewards.reshape(groups, -1), w)
+  length = checks.fill_masked(lengths.reshape(groups, -1), w)
   baseline = _safe_div(jnp.sum(length * r, axis=1, keepdims=True), jnp.sum(length, axis=1, keepdims=True))
   return ((r - baseline) * w).reshape(-1)
 
@@ -298,6 +302,7 @@ def gpg(
   batch = rewards.shape[0]
   groups = _check_group_size(batch, group_size)
   v = _valid(valid, batch, rewards.dtype)
+  rewards = checks.fill_masked(rewards, v)
   alpha = jnp.sum(v) / jnp.maximum(jnp.sum((rewards != 0) * v), 1.0)
   w = v.reshape(groups, -1)
   r = rewards.reshape(groups, -1)
@@ -371,6 +376,7 @@ def discounted_returns(rewards: Array, mask: Array, *, gamma: float = 1.0) -> Ar
   rewards = _float(rewards, "rewards")
   _rank(rewards, (2,), "rewards", "[B, T]")
   mask = _mask(mask, rewards.shape, rewards.dtype)
+  rewards = checks.fill_masked(rewards, mask)
 
   def step(g, x):
     r, m = x
@@ -418,7 +424,8 @@ def reinforce_plus_plus_baseline(
     rewards: [B] or [B, T] rewards.
     mask: [B, T].
     group_size: G >= 2, dividing B.
-    valid: optional [B] mask (invalid rows are 0 and excluded from the statistics).
+    valid: optional [B] mask (invalid rows are 0 and excluded from the statistics; so are
+      fully masked rows, whose score has no token to act on).
 
   Returns:
     [B, T] advantages.
@@ -430,9 +437,10 @@ def reinforce_plus_plus_baseline(
   if mask.shape[0] != rewards.shape[0] or (rewards.ndim == 2 and mask.shape != rewards.shape):
     raise ValueError(f"mask shape {mask.shape} does not match rewards shape {rewards.shape}")
   mask = mask.astype(rewards.dtype)
-  scores = jnp.sum(rewards * mask, axis=1) if rewards.ndim == 2 else rewards
+  scores = jnp.sum(checks.fill_masked(rewards, mask) * mask, axis=1) if rewards.ndim == 2 else rewards
   groups = _check_group_size(scores.shape[0], group_size)
-  v = _valid(valid, scores.shape[0], scores.dtype)
+  v = _valid(valid, scores.shape[0], scores.dtype) * jnp.any(mask > 0, axis=1).astype(scores.dtype)
+  scores = checks.fill_masked(scores, v)
   mean, _, _ = _weighted_stats(scores.reshape(groups, -1), v.reshape(groups, -1), axis=1)
   centered = (scores.reshape(groups, -1) - mean).reshape(-1)
   token_mask = mask * v[:, None]
@@ -458,6 +466,7 @@ def remax(rewards: Array, baseline_rewards: Array, mask: Array) -> tuple[Array, 
   if baseline_rewards.shape != rewards.shape[:1]:
     raise ValueError(f"baseline_rewards must have shape [B]={rewards.shape[:1]}, got {baseline_rewards.shape}")
   returns = jnp.cumsum((rewards * mask)[:, ::-1], axis=1)[:, ::-1] * mask
+  baseline_rewards = checks.fill_masked(baseline_rewards, jnp.any(mask > 0, axis=1))  # rows without tokens
   return (returns - baseline_rewards[:, None]) * mask, returns
 
 
@@ -491,6 +500,7 @@ def gae(
   if values.shape != rewards.shape:
     raise ValueError(f"values shape {values.shape} must equal rewards shape {rewards.shape}")
   mask = _mask(mask, rewards.shape, rewards.dtype)
+  rewards, values = checks.fill_masked(rewards, mask), checks.fill_masked(values, mask)
 
   def step(carry, x):
     next_value, last_gae = carry
@@ -536,6 +546,7 @@ def min_form_rewards(step_rewards: Array, mask: Array, *, temperature: float = 0
   step_rewards = _float(step_rewards, "step_rewards")
   _rank(step_rewards, (2,), "step_rewards", "[B, T]")
   mask = _mask(mask, step_rewards.shape, step_rewards.dtype)
+  step_rewards = checks.fill_masked(step_rewards, mask)
   logits = jnp.where(mask > 0, -step_rewards / temperature, -jnp.inf)
   top = jnp.max(logits, axis=1, keepdims=True)
   top = jnp.where(jnp.isfinite(top), top, 0.0)

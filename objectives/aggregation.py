@@ -14,21 +14,27 @@ Empty rows: a fully masked row is absent in every mode. It adds nothing to the t
 not counted in any denominator (the sequence modes count only rows with at least one token,
 as verl >= 0.6 does for `seq-mean-token-sum`), so padding a batch with empty rows never
 changes a loss.
+
+Masked entries of `values` are ignored whatever they hold (NaN and +-inf included): they are
+replaced by 0 before any arithmetic (`checks.fill_masked`), and so get a zero gradient.
 """
 from __future__ import annotations
 
 import chex
 import jax.numpy as jnp
 
+from objectives import checks
+
 Array = chex.Array
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 
 
-def _check(values: Array, mask: Array) -> Array:
+def _check(values: Array, mask: Array) -> tuple[Array, Array]:
+  """(values with 0 at masked entries, mask as values' dtype)."""
   chex.assert_rank(values, 2)
   chex.assert_equal_shape((values, mask))
-  return mask.astype(values.dtype)
+  return checks.fill_masked(values, mask), mask.astype(values.dtype)
 
 
 def token_mean(values: Array, mask: Array) -> tuple[Array, Array]:
@@ -36,7 +42,7 @@ def token_mean(values: Array, mask: Array) -> tuple[Array, Array]:
 
   Returns `(sum_{b,t} m v, sum_{b,t} m)`.
   """
-  mask = _check(values, mask)
+  values, mask = _check(values, mask)
   return jnp.sum(values * mask), jnp.sum(mask)
 
 
@@ -46,7 +52,7 @@ def seq_mean_token_mean(values: Array, mask: Array) -> tuple[Array, Array]:
   Returns `(sum_b [sum_t m v / max(sum_t m, 1)], #sequences with >= 1 token)`. A fully
   masked row contributes 0 to both parts, so it neither adds NaN nor dilutes the mean.
   """
-  mask = _check(values, mask)
+  values, mask = _check(values, mask)
   lengths = jnp.sum(mask, axis=-1)  # [B]
   per_seq = jnp.sum(values * mask, axis=-1) / jnp.maximum(lengths, 1.0)
   return jnp.sum(per_seq), _nonempty_rows(mask)
@@ -61,7 +67,7 @@ def seq_mean_token_sum(values: Array, mask: Array) -> tuple[Array, Array]:
 
   Returns `(sum_{b,t} m v, #sequences with >= 1 token)`.
   """
-  mask = _check(values, mask)
+  values, mask = _check(values, mask)
   return jnp.sum(values * mask), _nonempty_rows(mask)
 
 
@@ -74,7 +80,7 @@ def seq_mean_token_sum_norm(
   (equal to the batch size unless a row is fully masked). The denominator does not depend
   on the lengths, so the loss does not favour short or long sequences.
   """
-  mask = _check(values, mask)
+  values, mask = _check(values, mask)
   length = values.shape[1] if max_length is None else max_length
   return jnp.sum(values * mask), _nonempty_rows(mask) * length
 
@@ -99,6 +105,7 @@ def safe_divide(total: Array, denominator: Array) -> Array:
 
 def masked_mean(values: Array, mask: Array, axis=None) -> Array:
   """Mean of `values` where `mask` is 1; 0 where nothing is unmasked."""
+  values = checks.fill_masked(values, mask)
   mask = mask.astype(values.dtype)
   return safe_divide(jnp.sum(values * mask, axis=axis), jnp.sum(mask, axis=axis))
 
@@ -111,6 +118,7 @@ def masked_whiten(values: Array, mask: Array, *, shift_mean: bool = True, unbias
   PRIME; with fewer than two unmasked entries it is taken as 0. With `shift_mean=False`
   the mean is added back after scaling. Masked entries are 0.
   """
+  values = checks.fill_masked(values, mask)
   mask = mask.astype(values.dtype)
   mean = masked_mean(values, mask)
   var = masked_mean(jnp.square(values - mean), mask)

@@ -20,13 +20,16 @@ group-major (rows [g*G:(g+1)*G] are the G samples of prompt g):
 - `values` `[B, T]` (for "gae"); `baseline_rewards` `[B]` (for "remax").
 
 Conventions shared by every estimator:
-- Invalid rows (`valid` False) get advantage 0 and stay out of group and batch statistics:
-  `valid` is passed to the functions that take it; for the others the invalid rows' tokens are
-  masked out (so they are also left out of any whitening). The one exception is "prime", whose
-  group baseline still counts invalid rows (see `prime`).
+- Invalid rows (`valid` False) and fully masked rows (no token for an advantage to act on) get
+  advantage 0 and stay out of group and batch statistics: they are passed as invalid to the
+  functions that take `valid`; for the others their tokens are masked out (so they are also
+  left out of any whitening).
 - Sequence estimators (returning `[B]`) given `[B, T]` rewards use each row's sum over its
-  unmasked tokens. They return 0 on fully masked rows (such a row has no token for the
-  advantage to act on), but those rows' rewards still enter their group's statistics.
+  unmasked tokens.
+- Masked and invalid entries are ignored whatever they hold (NaN and +-inf included): the
+  per-token inputs (`rewards`, `token_rewards`, `values`) where `mask` is 0 or the row is
+  invalid, and the per-row inputs (`rewards`, `outcome_rewards`, `baseline_rewards`) of invalid
+  or fully masked rows change no output.
 - No estimator returns NaN for zero-variance groups, fully masked rows or invalid rows.
 
 Registering a new estimator:
@@ -184,8 +187,12 @@ def compute(name: str, batch: Mapping[str, Array], *, group_size: int,
 # ----------------------------------------------------------------------------- batch helpers
 
 
-def _valid(batch: Mapping[str, Array]) -> Array | None:
-  return jnp.asarray(batch["valid"]).astype(bool) if _present(batch, "valid") else None
+def _valid(batch: Mapping[str, Array]) -> Array:
+  """`[B]` bool: the rows that have a reward (`batch["valid"]`, all by default) and a token."""
+  has_tokens = jnp.any(_mask(batch) > 0, axis=-1)
+  if not _present(batch, "valid"):
+    return has_tokens
+  return has_tokens & jnp.asarray(batch["valid"]).astype(bool)
 
 
 def _mask(batch: Mapping[str, Array]) -> Array:
@@ -197,15 +204,15 @@ def _valid_mask(batch: Mapping[str, Array]) -> Array:
   """The completion mask with invalid rows fully masked, for the functions without `valid=`:
   it gives those rows 0 and keeps them out of whitening statistics."""
   mask = _mask(batch)
-  valid = _valid(batch)
-  return mask if valid is None else mask * valid[:, None].astype(mask.dtype)
+  return mask * _valid(batch)[:, None].astype(mask.dtype)
 
 
 def _sequence_rewards(batch: Mapping[str, Array]) -> Array:
   """`[B]` rewards: `rewards` itself, or for `[B, T]` rewards each row's sum over unmasked tokens."""
   rewards = jnp.asarray(batch["rewards"])
   if rewards.ndim == 2:
-    rewards = jnp.sum(rewards * _mask(batch), axis=-1)
+    mask = _mask(batch)
+    rewards = jnp.sum(checks.fill_masked(rewards, mask) * mask, axis=-1)
   return rewards
 
 
@@ -392,10 +399,9 @@ def prime_estimator(batch, *, group_size: int, process_coef: float = 5.0, outcom
 
   `[B, T]`: leave-one-out baselines on the process rewards `batch["token_rewards"]` (when
   present) and on `batch["outcome_rewards"]`, each weighted and summed to returns, then
-  whitened over the batch's unmasked tokens. Invalid rows get 0 and are left out of the
-  whitening, but (as `prime_advantages` has no `valid=`) they still count in their group's
-  leave-one-out baselines, with a process mean of 0 and their outcome reward (0 from
-  `advantages.combine_rewards`).
+  whitened over the batch's unmasked tokens. Invalid rows are passed fully masked, so they get
+  0 and are left out of the whitening and of their group's leave-one-out baselines (as rows
+  without tokens are in `prime_advantages`).
   """
   token_rewards = batch["token_rewards"] if _present(batch, "token_rewards") else None
   outcome = jnp.asarray(_require(batch, "outcome_rewards", "prime"))

@@ -68,7 +68,22 @@ def _check_inputs(logp, old_logp, advantages, mask, ref_logp):
     checks.check_shape("ref_logp", ref_logp, shape, "logp")
     ref_logp = jax.lax.stop_gradient(ref_logp.astype(dtype))
   sg = jax.lax.stop_gradient
-  return logp, sg(old_logp.astype(dtype)), sg(advantages.astype(dtype)), mask.astype(dtype), ref_logp
+  # Padding may hold anything (NaN, -inf log-probs): replace it before any arithmetic, so that
+  # neither the loss nor the gradient (0 there) sees it. Per-sequence advantages of an empty row
+  # are dropped the same way once broadcast over its (masked) tokens.
+  fill = lambda x: checks.fill_masked(x, mask)  # noqa: E731
+  advantages = jnp.broadcast_to(advantages, shape)
+  ref_logp = None if ref_logp is None else fill(ref_logp)
+  old_logp, advantages = sg(fill(old_logp.astype(dtype))), sg(fill(advantages.astype(dtype)))
+  return fill(logp), old_logp, advantages, mask.astype(dtype), ref_logp
+
+
+def _check_clip(epsilon, epsilon_high) -> None:
+  """Clip ranges must be >= 0 (Python numbers only; a traced value is left alone)."""
+  for name, value in (("epsilon", epsilon), ("epsilon_high", epsilon_high)):
+    if isinstance(value, (int, float)) and not value >= 0:
+      raise ValueError(f"{name} must be >= 0 (the ratio is clipped to [1 - epsilon, 1 + epsilon_high]), "
+                       f"got {value}")
 
 
 def _kl_active(beta) -> bool:
@@ -109,10 +124,13 @@ def per_token_loss(
     old_logp: [B, T] log pi_old of the same tokens (sampling policy), or None for the
       on-policy case (then old_logp = sg(logp) and r = 1 with gradient grad logp).
     advantages: [B] per-sequence (broadcast over tokens) or [B, T] per-token advantages.
-    mask: [B, T], 1 on completion tokens, 0 on padding.
+    mask: [B, T], 1 on completion tokens, 0 on padding. Every per-token input is ignored where the
+      mask is 0, whatever it holds there (NaN and +-inf included): it is replaced by 0 before any
+      arithmetic, so the loss and the gradient are those of finite padding. A [B] advantage of a
+      fully masked row is ignored likewise.
     ref_logp: [B, T] log pi_ref; required when beta > 0.
-    epsilon: lower clip range, r >= 1 - epsilon.
-    epsilon_high: upper clip range (DAPO clip-higher, e.g. 0.28); None = epsilon.
+    epsilon: lower clip range, r >= 1 - epsilon (>= 0).
+    epsilon_high: upper clip range (DAPO clip-higher, e.g. 0.28; >= 0); None = epsilon.
     delta: upper bound on the unclipped ratio (TRL two-sided clip; use a value
       > 1 + epsilon_high); None disables it.
     beta: KL coefficient.
@@ -136,6 +154,7 @@ def per_token_loss(
   if kl_active and ref_logp is None:
     raise ValueError(f"beta={beta} > 0 needs ref_logp (log-probs of the reference model), got None")
   epsilon_high = epsilon if epsilon_high is None else epsilon_high
+  _check_clip(epsilon, epsilon_high)
   if delta is not None and delta <= 1.0:
     raise ValueError(f"delta={delta} must be > 1 (TRL recommends > 1 + epsilon_high, e.g. 1 + 2 epsilon)")
 
@@ -157,10 +176,11 @@ def per_token_loss(
   policy = -jnp.minimum(unclipped * advantages, clipped_ratio * advantages)  # [B, T]
   if is_weight is not None:
     checks.check_shape("is_weight", is_weight, logp.shape, "logp")
-    policy = policy * sg(jnp.asarray(is_weight, policy.dtype))
+    policy = policy * sg(checks.fill_masked(jnp.asarray(is_weight, policy.dtype), mask))
   loss = policy
   aux = {"policy": policy * mask}
   if ref_logp is not None:
+    # logp and ref_logp are 0 on padding (`_check_inputs`), so the estimate is finite there.
     kl = kl_lib.estimate(logp, ref_logp, estimator=kl_estimator)
     aux["kl"] = kl * mask
     if kl_active:

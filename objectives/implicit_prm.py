@@ -54,7 +54,8 @@ def token_rewards(logp: Array, ref_logp: Array | None, mask: Array, *, beta: flo
     logp: `[B, T]` log pi_theta (the PRM) of the response tokens.
     ref_logp: `[B, T]` log pi_ref, or None for the "without reference" variant of the paper's
       ablation (reward beta log pi_theta, i.e. a uniform-in-effect reference).
-    mask: `[B, T]`.
+    mask: `[B, T]`; logp and ref_logp are ignored where it is 0, whatever they hold there (a -inf
+      or NaN log-prob of padding included): the reward there is 0, with a zero gradient.
     beta: the PRM's beta (0.05 in the paper's recipes).
 
   Returns:
@@ -65,8 +66,9 @@ def token_rewards(logp: Array, ref_logp: Array | None, mask: Array, *, beta: flo
   if ref_logp is not None:
     checks.check_shape("ref_logp", ref_logp, jnp.shape(logp), "logp")
   _check_beta(beta)
-  ratio = logp if ref_logp is None else logp - ref_logp
-  return beta * ratio * mask.astype(logp.dtype)
+  logp = checks.fill_masked(logp, mask)  # before any arithmetic: inf * 0 is NaN
+  ratio = logp if ref_logp is None else logp - checks.fill_masked(ref_logp, mask)
+  return beta * ratio * jnp.asarray(mask).astype(logp.dtype)
 
 
 def step_end_mask_from_indices(step_end_indices: Array, length: int) -> Array:
@@ -89,7 +91,10 @@ def _step_q(token_rewards_: Array, step_end_mask: Array, max_steps: int | None) 
   if not 1 <= s <= t:
     raise ValueError(f"max_steps must be in [1, T={t}], got {max_steps!r}")
   ends = jnp.asarray(step_end_mask).astype(bool)
-  q_all = jnp.cumsum(token_rewards_, axis=-1)  # [B, T]
+  # Tokens after a row's last step end belong to no step: drop whatever they hold (e.g. NaN
+  # padding) before the cumulative sum.
+  in_step = jnp.flip(jnp.cumsum(jnp.flip(ends, -1).astype(jnp.int32), axis=-1), -1) > 0  # [B, T]
+  q_all = jnp.cumsum(checks.fill_masked(token_rewards_, in_step), axis=-1)  # [B, T]
   positions = jnp.arange(t)
   # Stable order: step ends first, in position order, then all other positions.
   order = jnp.argsort(jnp.where(ends, positions, t + positions), axis=-1)[:, :s]  # [B, S]
@@ -102,7 +107,8 @@ def step_rewards(token_rewards: Array, step_end_mask: Array, *, max_steps: int |
   """Step rewards r^k = q^k - q^{k-1} (q^0 = 0): the sum of the token rewards in each step.
 
   Args:
-    token_rewards: `[B, T]` from `token_rewards`.
+    token_rewards: `[B, T]` from `token_rewards`; entries after a row's last step end belong to no
+      step and are ignored, whatever they hold.
     step_end_mask: `[B, T]`, 1 at the last token of each step.
     max_steps: S, the number of step slots (static); default T. Steps beyond S are dropped.
 
@@ -119,7 +125,7 @@ def step_scores(token_rewards: Array, step_end_mask: Array, *, aggregate: str = 
   """Q-values at step ends and an aggregated response score.
 
   Args:
-    token_rewards: `[B, T]` from `token_rewards`.
+    token_rewards: `[B, T]` from `token_rewards`; entries after a row's last step end are ignored.
     step_end_mask: `[B, T]`, 1 at the last token of each step (see `step_end_mask_from_indices`).
     aggregate: one of `AGGREGATES` (see module docstring); "min" by default.
     max_steps: S (static), default T.
@@ -158,8 +164,12 @@ def ce_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *, 
   r = beta sum_t m_t (logp - ref_logp), computed from logits (stable for large |r|).
 
   Args:
-    logp, ref_logp, mask: `[B, T]` (ref_logp may be None, see `token_rewards`).
-    labels: `[B]` outcome labels in [0, 1] (soft labels allowed).
+    logp, ref_logp, mask: `[B, T]` (ref_logp may be None, see `token_rewards`); values where the
+      mask is 0 are ignored, whatever they hold.
+    labels: `[B]` outcome labels in [0, 1] (soft labels allowed). Concrete labels outside [0, 1]
+      raise ValueError; traced labels (under `jax.jit`) cannot be checked, and one outside [0, 1]
+      then makes the loss unbounded below. The label of a row without tokens is ignored (r = 0
+      there, so the row adds log 2 whatever its label; it still counts among the B rows).
     beta: PRM beta (0.05 in PRIME and ImplicitPRM).
 
   Returns:
@@ -170,13 +180,23 @@ def ce_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *, 
   return aggregation.safe_divide(total, den), metrics
 
 
+def _has_tokens(mask) -> Array:
+  """`[B]` bool, True for the rows with at least one unmasked token."""
+  return jnp.any(jnp.asarray(mask) > 0, axis=-1)
+
+
 def ce_loss_terms(logp, ref_logp, mask, labels, *, beta):
   """`ce_loss` as (sum over sequences, number of sequences, metrics)."""
   r = sequence_rewards(logp, ref_logp, mask, beta=beta)  # [B]
-  labels = jnp.asarray(labels)
   checks.check_shape("labels", labels, r.shape, "logp[:, 0]")
-  labels = labels.astype(r.dtype)
-  per_seq = -(labels * jax.nn.log_sigmoid(r) + (1.0 - labels) * jax.nn.log_sigmoid(-r))
+  present = _has_tokens(mask)
+  # Checked only when concrete (not under jit), and only on the rows whose label is used.
+  checks.check_unit_interval("labels (outcome labels of the CE loss)", labels, where=present)
+  labels = jnp.asarray(labels).astype(r.dtype)
+  # A row without tokens has r = 0 and adds log 2 for any finite label: drop its label
+  # (which may be NaN for a padded row) before it meets the arithmetic.
+  loss_labels = checks.fill_masked(labels, present)
+  per_seq = -(loss_labels * jax.nn.log_sigmoid(r) + (1.0 - loss_labels) * jax.nn.log_sigmoid(-r))
   total = jnp.sum(per_seq)
   den = jnp.asarray(r.shape[0], r.dtype)
   rs = jax.lax.stop_gradient(r)
@@ -194,7 +214,8 @@ def dpo_loss(chosen_logp: Array, chosen_ref_logp: Array, chosen_mask: Array, rej
 
   Args:
     chosen_logp, chosen_ref_logp, chosen_mask: `[B, T]` per-token log-probs of the preferred
-      (correct) responses under the PRM and the reference, and their mask.
+      (correct) responses under the PRM and the reference, and their mask (log-probs where it is
+      0 are ignored, whatever they hold).
     rejected_logp, rejected_ref_logp, rejected_mask: `[B, T']` for the rejected responses.
     beta: PRM beta.
 
@@ -209,7 +230,10 @@ def dpo_loss(chosen_logp: Array, chosen_ref_logp: Array, chosen_mask: Array, rej
   if jnp.shape(chosen_logp)[0] != jnp.shape(rejected_logp)[0]:
     raise ValueError(f"chosen_logp and rejected_logp must have the same batch size B, got "
                      f"{jnp.shape(chosen_logp)} and {jnp.shape(rejected_logp)}")
-  seq = lambda x, m: jnp.sum(x * m.astype(x.dtype), axis=-1)  # noqa: E731
+  def seq(x, m):  # padding may hold anything (e.g. -inf reference log-probs): replaced before summing
+    m = jnp.asarray(m).astype(jnp.result_type(x))
+    return jnp.sum(checks.fill_masked(x, m) * m, axis=-1)
+
   return dpo.loss(seq(chosen_logp, chosen_mask), seq(chosen_ref_logp, chosen_mask),
                   seq(rejected_logp, rejected_mask), seq(rejected_ref_logp, rejected_mask),
                   beta=beta, loss_type="sigmoid")
@@ -229,6 +253,11 @@ def kto_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *,
   desirable and 1 - sigma(beta (KL - rho)) for the undesirable responses, each weighted, then one
   mean over all B responses (`losses.mean()` of the concatenation, not a mean per class).
 
+  Responses without tokens (all-zero mask rows) are absent: they add nothing, count in no mean
+  (B above is the number of responses with tokens) and their labels are ignored, so padding a
+  batch with empty rows changes nothing. (Counted, an empty row would add a constant that
+  depends on its label alone.)
+
   The KL reference point:
   - `kl_reference=None`: KL = max(mean_b rho_b, 0) over this batch's responses, stop-gradiented.
     TRL takes the same clamped, detached mean, but over *mismatched* pairs (each prompt with the
@@ -240,7 +269,8 @@ def kto_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *,
     it exactly, or 0 for a fixed reference point.
 
   Args:
-    logp, ref_logp, mask: `[B, T]` (ref_logp may be None, see `token_rewards`).
+    logp, ref_logp, mask: `[B, T]` (ref_logp may be None, see `token_rewards`); values where the
+      mask is 0 are ignored, whatever they hold.
     labels: `[B]` outcome labels: 1 / True = desirable (correct), 0 / False = undesirable;
       numeric labels are thresholded at 0.5.
     beta: PRM beta (> 0).
@@ -252,8 +282,16 @@ def kto_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *,
     (scalar loss, metrics) with `loss/prm_kto`, `stats/prm_kl` (the KL used, nats),
     `stats/prm_reward_mean`, `stats/prm_reward_desirable` / `stats/prm_reward_undesirable`
     (mean r over each class, 0 if the class is empty) and `stats/prm_accuracy` (sign of r agrees
-    with the label).
+    with the label), all over the responses with tokens.
   """
+  total, count, metrics = _kto_terms(logp, ref_logp, mask, labels, beta=beta,
+                                     desirable_weight=desirable_weight,
+                                     undesirable_weight=undesirable_weight, kl_reference=kl_reference)
+  return aggregation.safe_divide(total, count), metrics
+
+
+def _kto_terms(logp, ref_logp, mask, labels, *, beta, desirable_weight, undesirable_weight, kl_reference):
+  """`kto_loss` as (sum over the responses with tokens, their number, metrics)."""
   for name, w in (("desirable_weight", desirable_weight), ("undesirable_weight", undesirable_weight)):
     if not isinstance(w, jax.Array) and not float(w) >= 0:
       raise ValueError(f"{name} must be >= 0, got {w!r}")
@@ -262,9 +300,13 @@ def kto_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *,
   r = beta * rho
   labels = jnp.asarray(labels)
   checks.check_shape("labels", labels, r.shape, "logp[:, 0]")
-  desirable = labels > 0.5
+  present = _has_tokens(mask)  # [B]
+  p = present.astype(r.dtype)
+  count = jnp.sum(p)
+  mean = lambda x: aggregation.safe_divide(jnp.sum(x * p), count)  # noqa: E731  over present rows
+  desirable = (checks.fill_masked(labels, present) > 0.5) & present
   if kl_reference is None:
-    kl = jnp.maximum(jnp.mean(rho), 0.0)
+    kl = jnp.maximum(mean(rho), 0.0)
   else:
     if jnp.ndim(kl_reference) != 0:
       raise ValueError(f"kl_reference must be a scalar, got shape {jnp.shape(kl_reference)}")
@@ -273,18 +315,19 @@ def kto_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *,
   z0 = beta * kl
   per_seq = jnp.where(desirable, desirable_weight * (1.0 - jax.nn.sigmoid(r - z0)),
                       undesirable_weight * (1.0 - jax.nn.sigmoid(z0 - r)))
-  value = jnp.mean(per_seq)
+  total = jnp.sum(per_seq * p)
   rs = jax.lax.stop_gradient(r)
   d = desirable.astype(r.dtype)
+  u = p - d
   metrics = {
-      "loss/prm_kto": jax.lax.stop_gradient(value),
+      "loss/prm_kto": jax.lax.stop_gradient(aggregation.safe_divide(total, count)),
       "stats/prm_kl": kl,
-      "stats/prm_reward_mean": jnp.mean(rs),
+      "stats/prm_reward_mean": mean(rs),
       "stats/prm_reward_desirable": aggregation.safe_divide(jnp.sum(rs * d), jnp.sum(d)),
-      "stats/prm_reward_undesirable": aggregation.safe_divide(jnp.sum(rs * (1 - d)), jnp.sum(1 - d)),
-      "stats/prm_accuracy": jnp.mean(((rs > 0) == desirable).astype(r.dtype)),
+      "stats/prm_reward_undesirable": aggregation.safe_divide(jnp.sum(rs * u), jnp.sum(u)),
+      "stats/prm_accuracy": mean(((rs > 0) == desirable).astype(r.dtype)),
   }
-  return value, metrics
+  return total, count, metrics
 
 
 # ----------------------------------------------------------------------------- registry
@@ -314,7 +357,7 @@ def implicit_prm_dpo_objective(logp, batch, *, beta=0.05):
   Pairs (i, j) with the same group id and label_i > label_j; each adds
   -log sigma(beta [rho_i - rho_j]) with rho = sum_t m_t (logp - ref_logp) (`dpo.per_pair_loss`,
   "sigmoid"). Returns (sum over pairs, number of pairs, metrics); a group whose samples all
-  share a label forms no pair.
+  share a label forms no pair, and a sample without tokens is in no pair.
   """
   ref_logp, mask, labels, gid = _batch(batch, "implicit_prm_dpo", ("ref_logp", "mask", "labels", "group_ids"))
   checks.check_rank("logp", logp, 2, "[B, T]")
@@ -322,13 +365,15 @@ def implicit_prm_dpo_objective(logp, batch, *, beta=0.05):
   checks.check_shape("batch['labels']", labels, (b,), "logp[:, 0]")
   checks.check_shape("batch['group_ids']", gid, (b,), "logp[:, 0]")
   rho = sequence_rewards(logp, ref_logp, mask, beta=1.0)  # [B]
+  present = _has_tokens(mask)  # a sample without tokens (and its label) forms no pair
   zeros = jnp.zeros((b * b,), rho.dtype)
   chosen = jnp.broadcast_to(rho[:, None], (b, b)).reshape(-1)  # pair (i, j): i chosen, j rejected
   rejected = jnp.broadcast_to(rho[None, :], (b, b)).reshape(-1)
   losses = dpo.per_pair_loss(chosen, zeros, rejected, zeros, beta=beta).reshape(b, b)
-  labels = jnp.asarray(labels, rho.dtype)
+  labels = checks.fill_masked(jnp.asarray(labels, rho.dtype), present)
   gid = jnp.asarray(gid)
-  pairs = ((gid[:, None] == gid[None, :]) & (labels[:, None] > labels[None, :])).astype(rho.dtype)
+  both = present[:, None] & present[None, :]
+  pairs = ((gid[:, None] == gid[None, :]) & (labels[:, None] > labels[None, :]) & both).astype(rho.dtype)
   total, count = jnp.sum(losses * pairs), jnp.sum(pairs)
   margin = jax.lax.stop_gradient(beta * (rho[:, None] - rho[None, :]))
   metrics = {
@@ -342,7 +387,8 @@ def implicit_prm_dpo_objective(logp, batch, *, beta=0.05):
 @registry.register("implicit_prm_kto", stage="reward_model", needs_reference=True)
 def implicit_prm_kto_objective(logp, batch, *, beta=0.05, desirable_weight=1.0, undesirable_weight=1.0,
                                kl_reference=0.0):
-  """KTO implicit PRM (`kto_loss`) as (B * mean loss, B, metrics).
+  """KTO implicit PRM (`kto_loss`) as (sum of the loss over the responses with tokens, their number,
+  metrics).
 
   `kl_reference` is a fixed reference point (nats). The in-batch estimate (`kto_loss` with
   `kl_reference=None`) depends on how the batch is split into micro-batches, so the
@@ -352,7 +398,5 @@ def implicit_prm_kto_objective(logp, batch, *, beta=0.05, desirable_weight=1.0, 
   if kl_reference is None:
     raise ValueError("implicit_prm_kto: kl_reference must be a number (nats); the in-batch estimate "
                      "changes with the micro-batch split")
-  value, metrics = kto_loss(logp, ref_logp, mask, labels, beta=beta, desirable_weight=desirable_weight,
-                            undesirable_weight=undesirable_weight, kl_reference=float(kl_reference))
-  b = jnp.asarray(jnp.shape(logp)[0], value.dtype)
-  return value * b, b, metrics
+  return _kto_terms(logp, ref_logp, mask, labels, beta=beta, desirable_weight=desirable_weight,
+                    undesirable_weight=undesirable_weight, kl_reference=float(kl_reference))

@@ -80,6 +80,12 @@ def estimate(
 
   Returns:
     Per-token estimates, same shape as `logp`. No masking is applied.
+
+  Padding: callers mask the *inputs*, not the outputs. Multiplying the estimate by a mask
+  afterwards does not remove NaN or inf at padded positions (`nan * 0` is NaN; a -inf
+  `ref_logp` gives inf), nor their NaN gradient; replace logp and ref_logp there by a finite
+  value first, e.g. `checks.fill_masked(x, mask)` (0 for both gives an estimate of 0), as
+  `objectives.grpo` does.
   """
   base, straight_through = _check_estimator(estimator)
   logp = jnp.asarray(logp)

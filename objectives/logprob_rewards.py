@@ -41,7 +41,8 @@ def answer_reward(answer_logp: Array, answer_mask: Array, *, kind: str, empty_re
 
   Args:
     answer_logp: `[B, Ta]` policy log-probs of the reference-answer tokens given prompt and CoT.
-    answer_mask: `[B, Ta]`, 1 on the answer tokens.
+    answer_mask: `[B, Ta]`, 1 on the answer tokens; `answer_logp` is ignored elsewhere, whatever it
+      holds (NaN and +-inf included).
     kind: one of `KINDS`.
     empty_reward: reward of rows without answer tokens (e.g. a CoT that never finished, for which
       VeriFree gives R = 0); the default 0 keeps those rows finite.
@@ -56,7 +57,8 @@ def answer_reward(answer_logp: Array, answer_mask: Array, *, kind: str, empty_re
     raise ValueError(f"kind={kind!r} is not one of {KINDS}")
   m = jnp.asarray(answer_mask).astype(answer_logp.dtype)
   length = jnp.sum(m, axis=-1)
-  logp = answer_logp * m  # zero on padding, so exp() below never sees padding values
+  # Zero on padding whatever it holds (NaN, -inf), so neither the sums nor exp() below see it.
+  logp = checks.fill_masked(answer_logp, m)
   total = jnp.sum(logp, axis=-1)
   if kind == "logprob":
     r = total
@@ -235,6 +237,9 @@ def likelihood_loss(cot_logp: Array, cot_mask: Array, answer_logp: Array, answer
     advantages: `[B]` (e.g. RLOO of `answer_reward`); the gradient is stopped.
     sft_coef: weight of the SFT term (0 disables it).
     sft_weights: optional `[B]` per-row SFT weights (stop-gradiented); default 1.
+    Log-probs where their mask is 0, the advantage of a row without CoT tokens and the SFT weight
+    of a row without answer tokens are ignored, whatever they hold (NaN and +-inf included); such
+    rows still count among the B of the mean.
 
   Returns:
     (scalar loss, metrics) with `loss/policy`, `loss/sft`, `loss/total`.
@@ -252,9 +257,14 @@ def likelihood_loss(cot_logp: Array, cot_mask: Array, answer_logp: Array, answer
   w = jnp.ones((b,), dtype) if sft_weights is None else jnp.asarray(sft_weights, dtype)
   if sft_weights is not None:
     checks.check_shape("sft_weights", sft_weights, (b,), "cot_logp[:, 0]")
-  w = jax.lax.stop_gradient(w)
-  cot = jnp.sum(cot_logp * jnp.asarray(cot_mask).astype(dtype), axis=-1)  # [B]
-  ans = jnp.sum(answer_logp * jnp.asarray(answer_mask).astype(dtype), axis=-1)  # [B]
+  cot_m = jnp.asarray(cot_mask).astype(dtype)
+  ans_m = jnp.asarray(answer_mask).astype(dtype)
+  # Padding may hold anything (NaN, -inf), and so may the advantage of a row without CoT tokens
+  # or the SFT weight of a row without answer tokens: replace them before any arithmetic.
+  cot = jnp.sum(checks.fill_masked(cot_logp, cot_m) * cot_m, axis=-1)  # [B]
+  ans = jnp.sum(checks.fill_masked(answer_logp, ans_m) * ans_m, axis=-1)  # [B]
+  adv = checks.fill_masked(adv, jnp.any(cot_m > 0, axis=-1))
+  w = jax.lax.stop_gradient(checks.fill_masked(w, jnp.any(ans_m > 0, axis=-1)))
   policy = -jnp.mean(adv * cot)
   sft = -jnp.mean(w * ans)
   total = policy + sft_coef * sft

@@ -25,10 +25,13 @@ the recipes), added over sources, and the advantages are the returns whitened ov
 tokens of the batch (`objectives.aggregation.masked_whiten`: unbiased variance and eps 1e-8, as
 verl's `masked_whiten`).
 
-Differences from the code, on inputs it cannot handle: a row with no unmasked token gets a process
-mean of 0 (the code's empty mean is NaN) and no outcome token; its outcome reward still enters its
-group's baseline. Rows must be right-padded (the code places the outcome reward at index
-`len - 1`; we place it at the last unmasked token, the same position for right padding).
+Differences from the code, on inputs it cannot handle: a row with no unmasked token is absent. It
+has no process or outcome token and enters neither source's leave-one-out baseline: K above counts
+the rows of the group that have a token of the source (a group with fewer than two gets 0), which
+is the group size whenever no row is empty (the code's mean over an empty row is NaN). Its rewards,
+like every process reward where the mask is 0, are ignored whatever they hold (NaN and +-inf
+included). Rows must be right-padded (the code places the outcome reward at index `len - 1`; we
+place it at the last unmasked token, the same position for right padding).
 """
 from __future__ import annotations
 
@@ -57,26 +60,41 @@ def last_token_mask(mask: Array) -> Array:
   return (jnp.arange(t)[None, :] == last[:, None]) & jnp.any(m, axis=-1, keepdims=True)
 
 
+def _leave_one_out(row_values: Array, present: Array, k: int) -> tuple[Array, Array]:
+  """`[B]` (n / (n - 1), sum_j row_values_j / (n - 1)) of each row's group, where the sum and the
+  count n run over the group's `present` rows; both 0 for a group with n < 2."""
+  p = present.astype(row_values.dtype).reshape(-1, k)
+  n = jnp.sum(p, axis=-1)  # [B / K]
+  total = jnp.sum(checks.fill_masked(row_values.reshape(-1, k), p), axis=-1)
+  den = jnp.maximum(n - 1.0, 1.0)
+  scale = jnp.where(n > 1, n / den, 0.0)
+  baseline = jnp.where(n > 1, total / den, 0.0)
+  return jnp.repeat(scale, k), jnp.repeat(baseline, k)
+
+
 def rloo_token_rewards(rewards: Array, source_mask: Array, *, group_size: int) -> Array:
   """PRIME's leave-one-out transform of one reward source (see module docstring).
 
   Args:
-    rewards: `[B, T]` rewards of one source (values off `source_mask` are ignored).
+    rewards: `[B, T]` rewards of one source (values off `source_mask` are ignored, whatever they
+      hold).
     source_mask: `[B, T]`, 1 on the tokens that carry this source's reward.
-    group_size: K >= 2 rows per prompt, group-major.
+    group_size: rows per prompt (>= 2), group-major.
 
   Returns:
-    `[B, T]`: r K/(K-1) - sum_j mean_s(r_j)/(K-1) on the source's tokens, 0 elsewhere.
+    `[B, T]`: r K/(K-1) - sum_j mean_s(r_j)/(K-1) on the source's tokens, 0 elsewhere, with K and
+    the sum over the rows of the group that have a source token (K = group_size when every row
+    has one; a group with fewer than two such rows gets 0).
   """
   checks.check_rank("rewards", rewards, 2, "[B, T]")
   checks.check_shape("source_mask", source_mask, jnp.shape(rewards), "rewards")
   b, t = rewards.shape
   k = _check_group(b, group_size)
   m = jnp.asarray(source_mask).astype(rewards.dtype)
+  rewards = checks.fill_masked(rewards, m)
   row_mean = aggregation.masked_mean(rewards, m, axis=-1)  # [B], 0 for empty rows
-  group_sum = jnp.sum(row_mean.reshape(-1, k), axis=-1)  # [B / K]
-  baseline = jnp.repeat(group_sum / (k - 1), k)  # [B]
-  return (rewards * (k / (k - 1)) - baseline[:, None]) * m
+  scale, baseline = _leave_one_out(row_mean, jnp.any(m > 0, axis=-1), k)  # [B]
+  return (rewards * scale[:, None] - baseline[:, None]) * m
 
 
 def discounted_returns(rewards: Array, *, gamma: float = 1.0) -> Array:
@@ -104,7 +122,8 @@ def prime_advantages(process_rewards: Array | None, outcome_rewards: Array | Non
       log pi_phi - log pi_ref (no beta) as the token reward, scaled by `process_coef`; verl's later
       recipe multiplies by beta first. Either way the source is linear, so pass what you use.
     outcome_rewards: `[B]` verifier rewards (e.g. 0/1 correctness), or None.
-    mask: `[B, T]` response mask, right-padded.
+    mask: `[B, T]` response mask, right-padded. Process rewards where it is 0 and the outcome reward
+      of a row without tokens are ignored, whatever they hold; such a row is in no baseline.
     group_size: K responses per prompt (group-major rows).
     process_coef, outcome_coef: per-source weights (5 and 5 in the PRIME recipe).
     process_gamma, outcome_gamma: discounts of each source's return (1 in the recipe).
@@ -123,17 +142,18 @@ def prime_advantages(process_rewards: Array | None, outcome_rewards: Array | Non
   returns = jnp.zeros((b, t), dtype)
   if process_rewards is not None:
     checks.check_shape("process_rewards", process_rewards, (b, t), "mask")
-    p = jnp.asarray(process_rewards, dtype) * process_coef
+    p = checks.fill_masked(jnp.asarray(process_rewards, dtype), maskf) * process_coef
     returns = returns + discounted_returns(rloo_token_rewards(p, maskf, group_size=group_size),
                                            gamma=process_gamma)
   if outcome_rewards is not None:
     checks.check_shape("outcome_rewards", outcome_rewards, (b,), "mask[:, 0]")
     last = last_token_mask(maskf)  # [B, T]
-    o = jnp.asarray(outcome_rewards, dtype) * outcome_coef
-    # One outcome token per row, so the transform is RLOO on o; computing it from o [B] directly
-    # keeps rows without tokens in their group's baseline.
-    k = group_size
-    o_rloo = o * (k / (k - 1)) - jnp.repeat(jnp.sum(o.reshape(-1, k), axis=-1) / (k - 1), k)  # [B]
+    # One outcome token per row, so the transform is RLOO on o over the rows that have one; the
+    # reward of a row without tokens may be anything and is dropped first.
+    present = jnp.any(last, axis=-1)
+    o = checks.fill_masked(jnp.asarray(outcome_rewards, dtype), present) * outcome_coef
+    scale, baseline = _leave_one_out(o, present, group_size)
+    o_rloo = o * scale - baseline  # [B]
     returns = returns + discounted_returns(jnp.where(last, o_rloo[:, None], 0.0), gamma=outcome_gamma)
   returns = returns * maskf
   advantages = aggregation.masked_whiten(returns, maskf) if whiten else returns

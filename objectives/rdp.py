@@ -40,7 +40,9 @@ denoising steps or language-model tokens), rewards `[N, B]`.
 
 Trajectories whose mask is all zero are treated as absent: every pair that contains one is
 dropped, so padding a prompt's group with empty rows changes nothing. The loss is the sum of l
-over the kept pairs divided by their number (0 if there is none).
+over the kept pairs divided by their number (0 if there is none). Values at masked steps and the
+rewards of absent trajectories are ignored whatever they hold (NaN and +-inf included): they are
+replaced before any arithmetic, and get a zero gradient.
 """
 from __future__ import annotations
 
@@ -66,12 +68,17 @@ def _check_options(beta: float, reduce_steps: str, pairs: str) -> None:
     raise ValueError(f"beta must be > 0, got {beta!r}")
 
 
+def _check_clip_eps(clip_eps) -> None:
+  if not isinstance(clip_eps, jax.Array) and not float(clip_eps) >= 0:
+    raise ValueError(f"clip_eps must be >= 0, got {clip_eps!r}")
+
+
 def reduce_log_ratios(log_ratios: Array, mask: Array, *, reduce_steps: str = "mean") -> Array:
   """Implicit reward rhat from per-step log-ratios: masked sum or masked mean over the last axis.
 
   Args:
     log_ratios: `[..., T]` per-step log pi_theta - log pi_ref.
-    mask: `[..., T]`, 1 on real steps.
+    mask: `[..., T]`, 1 on real steps; `log_ratios` is ignored elsewhere (NaN and inf included).
     reduce_steps: "sum" (the paper's definition) or "mean" (the paper's Appendix G code).
 
   Returns:
@@ -79,6 +86,7 @@ def reduce_log_ratios(log_ratios: Array, mask: Array, *, reduce_steps: str = "me
   """
   if reduce_steps not in REDUCE_STEPS:
     raise ValueError(f"reduce_steps={reduce_steps!r} is not one of {REDUCE_STEPS}")
+  log_ratios = checks.fill_masked(log_ratios, mask)  # padding may hold NaN or inf
   mask = mask.astype(log_ratios.dtype)
   total = jnp.sum(log_ratios * mask, axis=-1)
   if reduce_steps == "sum":
@@ -91,11 +99,13 @@ def pair_weights(rewards: Array, valid: Array, *, pairs: str = "all", same_group
 
   Args:
     rewards: `[N, B]`.
-    valid: `[N, B]` bool, False for absent trajectories.
+    valid: `[N, B]` bool, False for absent trajectories (their rewards are ignored).
     pairs: "all" (i < j) or "reward_diff_positive" (r_i - r_j > 0).
     same_group: optional `[N, B, B]` bool restricting pairs further (e.g. same prompt id).
   """
   b = rewards.shape[-1]
+  valid = jnp.asarray(valid).astype(bool)
+  rewards = checks.fill_masked(rewards, valid)  # an absent trajectory's reward may be anything
   both = valid[..., :, None] & valid[..., None, :]  # [N, B, B]
   if pairs == "all":
     chosen = jnp.triu(jnp.ones((b, b), dtype=bool), k=1)[None]
@@ -129,15 +139,19 @@ def _check_inputs(logp, ref_logp, rewards, mask, old_logp=None) -> None:
 def _loss_terms(logp, ref_logp, rewards, mask, *, beta, reduce_steps, pairs, old_logp=None,
                 clip_eps=None, same_group=None, name="rdp"):
   dtype = logp.dtype
-  rewards = jnp.asarray(rewards, dtype)
   maskf = jnp.asarray(mask).astype(dtype)
   valid = jnp.sum(maskf, axis=-1) > 0  # [N, B]
+  # Padding (e.g. a -inf ref_logp) and the rewards of absent trajectories may hold anything:
+  # replace them before any arithmetic so that neither the loss nor the gradient sees them.
+  logp, ref_logp = checks.fill_masked(logp, maskf), checks.fill_masked(ref_logp, maskf)
+  rewards = checks.fill_masked(jnp.asarray(rewards, dtype), valid)
   log_ratio = (logp - ref_logp) * maskf  # [N, B, T]
   rhat = reduce_log_ratios(log_ratio, maskf, reduce_steps=reduce_steps)  # [N, B]
   w = pair_weights(rewards, valid, pairs=pairs, same_group=same_group)  # [N, B, B]
   loss = _pair_loss(rhat, rewards, beta)  # [N, B, B]
   metrics: dict[str, Array] = {}
   if old_logp is not None:
+    old_logp = checks.fill_masked(old_logp, maskf)
     old_ratio = jax.lax.stop_gradient((old_logp - ref_logp) * maskf)
     clipped = jnp.clip(log_ratio, old_ratio - clip_eps, old_ratio + clip_eps) * maskf  # [N, B, T]
     rhat_clip = reduce_log_ratios(clipped, maskf, reduce_steps=reduce_steps)
@@ -193,8 +207,7 @@ def prdp_loss_terms(logp: Array, old_logp: Array, ref_logp: Array, rewards: Arra
   """PRDP loss as a `(sum over pairs, number of pairs, metrics)` triple; see `prdp_loss`."""
   _check_inputs(logp, ref_logp, rewards, mask, old_logp=old_logp)
   _check_options(beta, reduce_steps, pairs)
-  if not isinstance(clip_eps, jax.Array) and not float(clip_eps) >= 0:
-    raise ValueError(f"clip_eps must be >= 0, got {clip_eps!r}")
+  _check_clip_eps(clip_eps)
   return _loss_terms(logp, ref_logp, rewards, mask, beta=beta, reduce_steps=reduce_steps, pairs=pairs,
                      old_logp=old_logp, clip_eps=clip_eps, name="prdp")
 
@@ -247,6 +260,8 @@ def _flat_batch_terms(logp, batch: Mapping[str, Any], *, beta, reduce_steps, pai
   rewards = jnp.asarray(batch["rewards"])
   checks.check_shape("batch['rewards'] (one reward per trajectory)", rewards, (b,), "logp[:, 0]")
   _check_options(beta, reduce_steps, pairs)
+  if clip_eps is not None:
+    _check_clip_eps(clip_eps)
   expand = lambda x: jnp.asarray(x)[None]  # noqa: E731  [1, B, T]
   old = expand(batch["old_logp"]) if clip_eps is not None else None
   return _loss_terms(expand(logp), expand(batch["ref_logp"]), rewards[None], expand(batch["mask"]),

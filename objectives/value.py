@@ -33,7 +33,8 @@ def value_loss_terms(values: Array, old_values: Array | None, returns: Array, ma
     old_values: `[B, T]` value estimates of the critic that produced the rollout (the clip's
       centre), or None for sg(values) (the first update on a rollout: the clip is then inactive).
     returns: `[B, T]` regression targets R_t.
-    mask: `[B, T]`, 1 on completion tokens.
+    mask: `[B, T]`, 1 on completion tokens; values, old_values and returns are ignored where it is
+      0, whatever they hold there (NaN and +-inf included).
     clip_range: c >= 0, or None for the unclipped loss 0.5 (V - R)^2.
     aggregation: one of `objectives.aggregation.AGGREGATIONS` (verl's default is token mean).
 
@@ -56,6 +57,9 @@ def value_loss_terms(values: Array, old_values: Array | None, returns: Array, ma
   sg = jax.lax.stop_gradient
   old_values = sg(values) if old_values is None else sg(jnp.asarray(old_values).astype(dtype))
   returns = sg(jnp.asarray(returns).astype(dtype))
+  # Padding may hold anything (NaN, inf): replace it in every input before any arithmetic, so
+  # that neither the loss nor the gradient (0 there) sees it.
+  values, old_values, returns = (checks.fill_masked(x, mask) for x in (values, old_values, returns))
   mask = jnp.asarray(mask).astype(dtype)
   unclipped = jnp.square(values - returns)
   if clip_range is None:
@@ -66,7 +70,6 @@ def value_loss_terms(values: Array, old_values: Array | None, returns: Array, ma
     clipped = jnp.square(v_clipped - returns)
     per_token = 0.5 * jnp.maximum(unclipped, clipped)
     clipped_frac = (clipped > unclipped).astype(dtype)
-  per_token = jnp.where(mask > 0, per_token, 0.0)  # padding may hold any finite value
   total, denominator = agg.aggregate(per_token, mask, aggregation)
   metrics = {
       "loss/value": sg(agg.safe_divide(total, denominator)),

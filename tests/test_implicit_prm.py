@@ -222,15 +222,17 @@ def np_sigmoid(x):
 
 
 def np_kto(logp, ref, mask, labels, beta, w_d=1.0, w_u=1.0, kl_reference=None):
-  """(loss, analytic d loss / d logp with the KL reference point held fixed, KL used)."""
+  """(loss, analytic d loss / d logp with the KL reference point held fixed, KL used); responses
+  without tokens are absent (in no mean)."""
+  present = np.sum(mask, axis=-1) > 0
   rho = np.sum((np.float64(logp) - ref) * mask, axis=-1)
-  kl = max(np.mean(rho), 0.0) if kl_reference is None else kl_reference
+  kl = max(np.mean(rho[present]), 0.0) if kl_reference is None else kl_reference
   r, z0 = beta * rho, beta * kl
   des = np.asarray(labels) > 0.5
   per_seq = np.where(des, w_d * (1 - np_sigmoid(r - z0)), w_u * (1 - np_sigmoid(z0 - r)))
   dsig = lambda x: np_sigmoid(x) * (1 - np_sigmoid(x))  # noqa: E731
-  dr = np.where(des, -w_d * dsig(r - z0), w_u * dsig(z0 - r)) / len(r)
-  return np.mean(per_seq), dr[:, None] * beta * mask, kl
+  dr = np.where(des, -w_d * dsig(r - z0), w_u * dsig(z0 - r)) / present.sum()
+  return np.mean(per_seq[present]), dr[:, None] * beta * mask, kl
 
 
 class KtoLossTest(chex.TestCase):
