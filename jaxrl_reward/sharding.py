@@ -261,12 +261,39 @@ class Placement:
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
 
   def jit(self, fn, **jit_kwargs):
-    """`jax.jit(fn, **jit_kwargs)`, tracing `fn` with the model's constraints active."""
+    """`jax.jit(fn, **jit_kwargs)`, tracing `fn` with the model's constraints active.
+
+    On CPU devices of several processes each call also waits for its result (see
+    `one_program_at_a_time`).
+    """
     @functools.wraps(fn)
     def traced(*args, **kwargs):
       with activate(self.mesh, self.rules):
         return fn(*args, **kwargs)
-    return jax.jit(traced, **jit_kwargs)
+    compiled = jax.jit(traced, **jit_kwargs)
+    return one_program_at_a_time(compiled) if cross_process_cpu(self.mesh) else compiled
+
+
+def cross_process_cpu(mesh: Mesh) -> bool:
+  """Whether `mesh` spans the CPU devices of several processes (collectives over gloo)."""
+  return jax.process_count() > 1 and mesh.devices.flat[0].platform == "cpu"
+
+
+def one_program_at_a_time(compiled):
+  """`compiled`, waiting for each call's result before returning.
+
+  CPU collectives between processes (gloo) run on each local device's own thread. With
+  JAX's asynchronous dispatch two programs can be in flight at once, and their collectives
+  can then meet the other process's in a different order and hang both (seen as one process
+  blocked launching a program the other has passed). Waiting keeps one program with
+  cross-process collectives running at a time, the same order on every process.
+  """
+  @functools.wraps(compiled)
+  def call(*args, **kwargs):
+    return jax.block_until_ready(compiled(*args, **kwargs))
+  call._cache_size = compiled._cache_size  # noqa: SLF001  (tests count compilations)
+  call.lower = compiled.lower
+  return call
 
 
 def placement_for(abstract_params, mesh: Mesh, rules) -> Placement:
