@@ -260,40 +260,43 @@ class Placement:
     spec[axis] = self.rows.spec[0]
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
 
-  def jit(self, fn, **jit_kwargs):
-    """`jax.jit(fn, **jit_kwargs)`, tracing `fn` with the model's constraints active.
+  def jit(self, fn, **jit_kwargs) -> "Compiled":
+    """`jax.jit(fn, **jit_kwargs)`, tracing `fn` with the model's constraints active (see `Compiled`)."""
+    return Compiled(fn, self, **jit_kwargs)
 
-    On CPU devices of several processes each call also waits for its result (see
-    `one_program_at_a_time`).
-    """
+
+class Compiled:
+  """A function jitted under a placement, which counts how often it was traced.
+
+  Each trace is a compilation, so `traces` is what "compiled once" means (JAX's own
+  dispatch-cache size is not: it can be evicted in a long process). On the CPU devices of
+  several processes each call also waits for its result: CPU collectives between processes
+  (gloo) run on each local device's own thread, and with JAX's asynchronous dispatch two
+  programs in flight at once can meet the other process's collectives in a different order
+  and hang both (seen as one process blocked launching a program the other had passed).
+  Waiting keeps one program with cross-process collectives running at a time, in the same
+  order on every process.
+  """
+
+  def __init__(self, fn, placement: Placement, **jit_kwargs):
+    self.traces = 0
+
     @functools.wraps(fn)
     def traced(*args, **kwargs):
-      with activate(self.mesh, self.rules):
+      self.traces += 1
+      with activate(placement.mesh, placement.rules):
         return fn(*args, **kwargs)
-    compiled = jax.jit(traced, **jit_kwargs)
-    return one_program_at_a_time(compiled) if cross_process_cpu(self.mesh) else compiled
 
+    self._jitted = jax.jit(traced, **jit_kwargs)
+    self._wait = jax.process_count() > 1 and placement.mesh.devices.flat[0].platform == "cpu"
+    functools.update_wrapper(self, fn)
 
-def cross_process_cpu(mesh: Mesh) -> bool:
-  """Whether `mesh` spans the CPU devices of several processes (collectives over gloo)."""
-  return jax.process_count() > 1 and mesh.devices.flat[0].platform == "cpu"
+  def __call__(self, *args, **kwargs):
+    out = self._jitted(*args, **kwargs)
+    return jax.block_until_ready(out) if self._wait else out
 
-
-def one_program_at_a_time(compiled):
-  """`compiled`, waiting for each call's result before returning.
-
-  CPU collectives between processes (gloo) run on each local device's own thread. With
-  JAX's asynchronous dispatch two programs can be in flight at once, and their collectives
-  can then meet the other process's in a different order and hang both (seen as one process
-  blocked launching a program the other has passed). Waiting keeps one program with
-  cross-process collectives running at a time, the same order on every process.
-  """
-  @functools.wraps(compiled)
-  def call(*args, **kwargs):
-    return jax.block_until_ready(compiled(*args, **kwargs))
-  call._cache_size = compiled._cache_size  # noqa: SLF001  (tests count compilations)
-  call.lower = compiled.lower
-  return call
+  def lower(self, *args, **kwargs):
+    return self._jitted.lower(*args, **kwargs)
 
 
 def placement_for(abstract_params, mesh: Mesh, rules) -> Placement:

@@ -57,9 +57,9 @@ def test_run_writes_workdir(full_run):
 def test_steps_compile_once(full_run):
   """Every warm-up step, every GRPO update and every rollout reused one compiled program."""
   _, t, _ = full_run
-  assert t.stage("sft").update._cache_size() == 1
-  assert t.stage("rl").updates["policy"]._cache_size() == 1
-  samplers = t.roles.policy.sampler_cache_sizes()
+  assert t.stage("sft").update.traces == 1
+  assert t.stage("rl").updates["policy"].traces == 1
+  samplers = t.roles.policy.sampler_traces()
   assert samplers["sampled"] <= 2  # rollout batch and eval batch shapes
   assert samplers["greedy"] == 1
 
@@ -67,10 +67,9 @@ def test_steps_compile_once(full_run):
 def test_resume_equals_uninterrupted(full_run, tmp_path):
   workdir_full, t_full, _ = full_run
   half = t_full.total_steps // 2 + 1  # stops inside the GRPO stage
-  c = micro_config()
-  c.checkpoint_every = 1
-  _experiment(c).run(tmp_path, stop_at=half)  # as if killed after `half` steps
-  resumed = _experiment(micro_config())
+  every_step = micro_config(**{"checkpoint_every": 1})  # the checkpoint cadence changes no number
+  resumed = _experiment(every_step)
+  resumed.run(tmp_path, stop_at=half)  # as if killed after `half` steps
   resumed.run(tmp_path)
   for a, b in zip(_params_np(t_full.state), _params_np(resumed.state)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 import objectives  # noqa: F401  (registers everything)
 from objectives import aggregation, checks, estimators, grpo, implicit_prm, kl, logprob_rewards, prime, rdp, registry
 
-SETTINGS = hypothesis.settings(max_examples=15, deadline=None, derandomize=True)
+SETTINGS = hypothesis.settings(max_examples=10, deadline=None, derandomize=True)
 POISONS = (np.nan, np.inf, -np.inf)
 G = 2  # group size: every batch below has an even number of rows
 

@@ -152,16 +152,17 @@ def _two_roles_config():
       "roles.value": {"kind": "value", "init": "policy", "trainable": True, "objective": "value_mse", "lr": 1e-3},
       "rewards.names": ("test_length_mod3", "implicit_prm"), "rewards.weights": (1.0, 1.0),
       "advantage.estimator": "gae", "advantage.options.lam": 0.95,
-      "warmup.steps": 1, "train.steps": 3, "train.num_iterations": 1, "eval.every": 10,
+      "warmup.steps": 1, "train.steps": 2, "train.num_iterations": 1, "eval.every": 10,
       "optim.warmup_steps": 0, "optim.lr": 1e-3, "checkpoint_every": 1})
 
 
 def test_two_trainable_roles_train_and_resume_to_the_same_numbers(tmp_path):
-  full = support.experiment(_two_roles_config())
-  full.run(tmp_path / "full")
-  support.experiment(_two_roles_config()).run(tmp_path / "resumed", stop_at=3)  # killed inside the RL stage
-  resumed = support.experiment(_two_roles_config())
-  resumed.run(tmp_path / "resumed")
+  t = support.experiment(_two_roles_config())  # one experiment: its compiled steps serve every run
+  t.run(tmp_path / "full")
+  full = t.state
+  t.run(tmp_path / "resumed", stop_at=2)  # killed inside the RL stage
+  t.run(tmp_path / "resumed")
+  resumed = t.state
   rows_full = metrics_lib.read_metrics(tmp_path / "full" / "metrics.jsonl")
   rows_resumed = metrics_lib.read_metrics(tmp_path / "resumed" / "metrics.jsonl")
   assert [r["step"] for r in rows_full] == [r["step"] for r in rows_resumed]
@@ -170,15 +171,14 @@ def test_two_trainable_roles_train_and_resume_to_the_same_numbers(tmp_path):
     for k in a:
       np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
   for role in ("policy", "prm", "value", "reference"):
-    for a, b in zip(jax.tree.leaves(full.state[role]), jax.tree.leaves(resumed.state[role])):
+    for a, b in zip(jax.tree.leaves(full[role]), jax.tree.leaves(resumed[role])):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6, err_msg=role)
   rl_rows = [r for r in rows_full if r.get("train/stage") == 1.0]
   assert all(np.isfinite(r["loss/prm"]) and np.isfinite(r["loss/value"]) for r in rl_rows)
   # Each trained role moved away from the policy it started from (the reference is that policy).
   for role in ("prm", "value"):
-    assert "opt_state" in full.state[role]
-  backbone = full.state["value"]["params"]["backbone"]
+    assert "opt_state" in full[role]
   assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(
-      jax.tree.leaves(backbone), jax.tree.leaves(full.state["reference"]["params"])))
+      jax.tree.leaves(full["value"]["params"]["backbone"]), jax.tree.leaves(full["reference"]["params"])))
   assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(
-      jax.tree.leaves(full.state["prm"]["params"]), jax.tree.leaves(full.state["reference"]["params"])))
+      jax.tree.leaves(full["prm"]["params"]), jax.tree.leaves(full["reference"]["params"])))

@@ -113,7 +113,7 @@ def test_sampler_under_a_mesh_matches_one_device():
   np.testing.assert_array_equal(np.asarray(out.mask), np.asarray(plain.mask))
   np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(plain.logprobs), atol=1e-5)
   fn(sharded_params, ids, mask, jax.random.PRNGKey(8))
-  assert fn._cache_size() == 1
+  assert fn.traces == 1
 
 
 # ----------------------------------------------------------------------------- training
@@ -155,9 +155,9 @@ def test_training_is_the_same_on_any_mesh(one_device, mesh_runs, name):
   embedding = state["policy"]["params"]["embed_tokens"]["embedding"][...]
   assert embedding.sharding.mesh.shape == t.mesh.shape
   assert embedding.sharding.spec == sharding.logical_to_spec(("vocab", "embed"), RULES, t.mesh, embedding.shape)
-  assert t.stage("sft").update._cache_size() == 1
-  assert t.stage("rl").updates["policy"]._cache_size() == 1
-  assert t.roles.policy.sampler_cache_sizes()["sampled"] == 1
+  assert t.stage("sft").update.traces == 1
+  assert t.stage("rl").updates["policy"].traces == 1
+  assert t.roles.policy.sampler_traces()["sampled"] == 1
 
 
 def test_restore_onto_a_mesh_of_another_shape(mesh_runs, tmp_path):

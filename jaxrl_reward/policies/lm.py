@@ -96,9 +96,9 @@ class LanguageModel:
 
   outputs = logprobs
 
-  def sampler_cache_sizes(self) -> dict[str, int]:
+  def sampler_traces(self) -> dict[str, int]:
     """How many programs each sampler compiled (one per batch shape)."""
-    return {("greedy" if g else "sampled"): fn._cache_size() for g, fn in self._samplers.items()}  # noqa: SLF001
+    return {("greedy" if g else "sampled"): fn.traces for g, fn in self._samplers.items()}
 
 
 class ValueHead:
