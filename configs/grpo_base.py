@@ -97,3 +97,18 @@ def grpo_config() -> config_dict.ConfigDict:
   c.log_every = 1
   c.checkpoint_every = 50  # steps; warm-up and GRPO steps share one counter
   return c
+
+
+def pretrained_on_one_host(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
+  """The settings the pretrained-model configs share: no warm-up by default, 32 prompts x 8
+  completions per step in two optimizer steps, 300 RL steps at 2e-6, evaluation batches of
+  256 (they divide over 8 devices)."""
+  c.warmup.steps = 0
+  c.warmup.batch_size = 16
+  c.warmup.lr = 1e-5
+  c.rollout.prompts_per_step = 32
+  c.train.steps = 300
+  c.train.num_minibatches = 2  # two optimizer steps per rollout batch of 256
+  c.optim.lr = 2e-6
+  c.eval.batch_size = 256
+  return c

@@ -86,19 +86,10 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.task.max_prompt_length = 384  # encode_prompts raises on a longer prompt
   c.task.max_completion_length = 320  # GSM8K's worked solutions are mostly under 200 tokens
 
-  c.warmup.steps = 0  # a pretrained model; > 0 trains on the files' worked solutions first
-  c.warmup.batch_size = 16
-  c.warmup.lr = 1e-5
-
-  c.rollout.prompts_per_step = 32
+  grpo_base.pretrained_on_one_host(c)  # no warm-up (> 0 trains on the files' worked solutions)
   c.rewards.names = ("math_verify",)
   c.rewards.weights = (1.0,)
   c.rewards.eval_name = "math_verify"
-
-  c.train.steps = 300
-  c.train.num_minibatches = 2  # two optimizer steps per rollout batch of 256
-  c.optim.lr = 2e-6
-  c.eval.batch_size = 256  # divides over 8 devices
 
   if variant in (None, ""):
     pass

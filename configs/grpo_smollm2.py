@@ -85,19 +85,10 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.task.max_prompt_length = 112
   c.task.max_completion_length = 48  # "<answer>-38</answer><|im_end|>" is 9 tokens
 
-  c.warmup.steps = 0  # the instruct model already answers in the tags
-  c.warmup.batch_size = 16
-  c.warmup.lr = 1e-5
-
-  c.rollout.prompts_per_step = 32
+  grpo_base.pretrained_on_one_host(c)  # no warm-up: the instruct model already answers in the tags
   c.rewards.names = ("reasoning_gym",)
   c.rewards.weights = (1.0,)
   c.rewards.eval_name = "reasoning_gym"
-
-  c.train.steps = 300
-  c.train.num_minibatches = 2  # two optimizer steps per rollout batch of 256
-  c.optim.lr = 2e-6
-  c.eval.batch_size = 256  # divides over 8 devices
 
   if variant in (None, ""):
     pass

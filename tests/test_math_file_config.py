@@ -13,6 +13,7 @@ import support
 from configs import grpo_arithmetic
 from configs import grpo_math_file
 from configs import grpo_smollm2
+from jaxrl_reward import config_cli
 from jaxrl_reward import experiment
 from jaxrl_reward.data import batching
 from jaxrl_reward.data import tasks
@@ -23,16 +24,6 @@ TASK_KEYS = ("train_file", "eval_file", "num_eval", "question_field", "answer_fi
              "prompt_template", "tokenizer_dir")
 # Keys of the arithmetic config that only its synthetic task reads.
 ARITHMETIC_TASK_ONLY = {"task.num_train", "task.max_value", "task.answer_noise", "task.answer_shift"}
-
-
-def _flat_keys(config, prefix: str = "") -> set[str]:
-  keys = set()
-  for key, value in config.items():
-    name = f"{prefix}{key}"
-    keys.add(name)
-    if hasattr(value, "items") and not isinstance(value, dict):  # a nested ConfigDict
-      keys |= _flat_keys(value, name + ".")
-  return keys
 
 
 def _gsm8k_rows(count, start=0):
@@ -78,8 +69,8 @@ def test_variants_build_and_validate(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_has_every_key_of_the_arithmetic_config(variant):
-  reference = _flat_keys(grpo_arithmetic.get_config()) - ARITHMETIC_TASK_ONLY
-  missing = reference - _flat_keys(grpo_math_file.get_config(variant))
+  reference = config_cli.flat_keys(grpo_arithmetic.get_config()) - ARITHMETIC_TASK_ONLY
+  missing = reference - config_cli.flat_keys(grpo_math_file.get_config(variant))
   assert not missing, f"keys the trainer may read are missing: {sorted(missing)}"
 
 

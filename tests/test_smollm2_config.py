@@ -10,21 +10,12 @@ import pytest
 
 from configs import grpo_arithmetic
 from configs import grpo_smollm2
+from jaxrl_reward import config_cli
 from jaxrl_reward import experiment
 
 VARIANTS = (None, "cpu")
 # Keys of the arithmetic config that only its synthetic task reads.
 ARITHMETIC_TASK_ONLY = {"task.max_value", "task.answer_noise", "task.answer_shift"}
-
-
-def _flat_keys(config, prefix: str = "") -> set[str]:
-  keys = set()
-  for key, value in config.items():
-    name = f"{prefix}{key}"
-    keys.add(name)
-    if hasattr(value, "items") and not isinstance(value, dict):  # a nested ConfigDict
-      keys |= _flat_keys(value, name + ".")
-  return keys
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -53,8 +44,8 @@ def test_unknown_variant_raises():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_has_every_key_of_the_arithmetic_config(variant):
-  reference = _flat_keys(grpo_arithmetic.get_config()) - ARITHMETIC_TASK_ONLY
-  missing = reference - _flat_keys(grpo_smollm2.get_config(variant))
+  reference = config_cli.flat_keys(grpo_arithmetic.get_config()) - ARITHMETIC_TASK_ONLY
+  missing = reference - config_cli.flat_keys(grpo_smollm2.get_config(variant))
   assert not missing, f"keys the trainer may read are missing: {sorted(missing)}"
 
 
