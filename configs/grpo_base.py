@@ -48,6 +48,10 @@ def grpo_config() -> config_dict.ConfigDict:
   c.rewards.options = config_dict.ConfigDict()  # per in-jit reward: {name: {option: value}}
   c.rewards.nonfinite = "error"  # a NaN/inf from a reward function: "error" (naming it) or "missing"
   c.rewards.stop_after_missing_steps = 3  # RL steps in a row without any reward before the run stops (0: never)
+  # > 0: RLPR's std filter, groups whose reward std is below this x the EMA of the mean std leave the update.
+  c.rewards.std_filter_beta = 0.0
+  # The RL step from which it filters (RLPR: 11); the EMA starts from the mean of the steps from (start + 1) // 2.
+  c.rewards.std_filter_start_step = 11
 
   c.advantage = config_dict.ConfigDict()
   c.advantage.estimator = "group"  # any of objectives.estimators.names()
@@ -83,6 +87,9 @@ def grpo_config() -> config_dict.ConfigDict:
   c.eval = config_dict.ConfigDict()
   c.eval.every = 50  # RL steps between held-out evaluations
   c.eval.batch_size = 128
+  # Also report the perplexity of the reference answers after greedy chains of thought
+  # (`eval/answer_perplexity`; needs a task with an answer marker).
+  c.eval.answer_perplexity = False
 
   # Device mesh and logical-axis rules (jaxrl_reward/sharding.py). -1: the remaining devices.
   # Example: data 2 x fsdp 2 x tensor 2 on 8 devices:

@@ -2,6 +2,7 @@
 
     python -m experiments.reproduce main_job                  # the README's main job, seeds 0, 1, 2
     python -m experiments.reproduce main_job --quick          # its small variant, 1 seed (a smoke test)
+    python -m experiments.reproduce likelihood_rewards        # likelihood rewards vs the verifier
     python -m experiments.reproduce --render_only             # rewrite REPRODUCTIONS.md, run nothing
 
 A reproduction is a named set of runs (config file, variant and overrides, each run once
@@ -633,6 +634,124 @@ MAIN_JOB = register(Reproduction(
     seeds=3,
     quick_seeds=1,
     claims=main_job_claims,
+))
+
+
+# -- likelihood rewards ----------------------------------------------------------------------
+
+LIKELIHOOD_CONFIG = "configs/likelihood_rewards.py"
+LIKELIHOOD_METRICS = ("accuracy_greedy", "answer_perplexity", "accuracy_sampled")
+AUC_FILE = "likelihood_auc.jsonl"  # lines of `python -m experiments.likelihood_auc --results=...`
+
+
+def _final(records: Sequence[Record], label: str, metric: str) -> dict[int, float]:
+  """seed -> `metric` of the label's last results row."""
+  out = {}
+  for r in records:
+    if r["label"] == label and r["results"] and isinstance(r["results"][-1].get(metric), (int, float)):
+      out[r["seed"]] = float(r["results"][-1][metric])
+  return out
+
+
+def _versus(records: Sequence[Record], a: str, b: str, metric: str) -> str:
+  """`a` against `b` on the final `metric`: the means, and whether the gap exceeds the seeds' spread."""
+  va, vb = _final(records, a, metric), _final(records, b, metric)
+  if not va or not vb:
+    return f"({a} or {b} has no {metric} kept.)"
+  (ma, sa, _), (mb, sb, _) = summarise(list(va.values())), summarise(list(vb.values()))
+  spread = (sa or 0.0) + (sb or 0.0)
+  verdict = ("within the seeds' spread" if abs(ma - mb) <= spread else
+             f"{'above' if ma > mb else 'below'} by more than the seeds' spread")
+  return f"{a} {format_mean_std(list(va.values()))} vs {b} {format_mean_std(list(vb.values()))} ({verdict}, {spread:.3f})"
+
+
+def _change(records: Sequence[Record], label: str, metric: str = "accuracy_greedy") -> str:
+  rows = [r for r in stage_rows(records, (metric,)) if r.label == label]
+  return _compare(rows[0], rows[-1], metric) if len(rows) >= 2 else f"({label}: fewer than two evaluations kept.)"
+
+
+def likelihood_table(reproduction: Reproduction, records: Sequence[Record]) -> str:
+  """The stage table (greedy accuracy, reference-answer perplexity, sampled accuracy) and, when
+  kept, the ROC-AUC of each reward kind against the verifier on the warmed-up policies."""
+  text = stage_table(reproduction, records, LIKELIHOOD_METRICS)
+  auc_lines = read_records(_from_repo(DEFAULT_RESULTS_DIR) / AUC_FILE)
+  latest = {}
+  for line in auc_lines:
+    latest[(line.get("task"), line.get("seed"))] = line
+  if latest:
+    keys = [k for k in latest[next(iter(latest))] if k.startswith("auc/")]
+    header = ["task", "seeds", "samples per seed", "fraction correct"] + [k[4:] for k in keys]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task in dict.fromkeys(t for t, _ in latest):
+      lines = [v for (t, _), v in latest.items() if t == task]
+      rows.append("| " + " | ".join(_cell(c) for c in [
+          task, len(lines), lines[0]["samples"], format_mean_std([v["frac_correct"] for v in lines]),
+          *[format_mean_std([v[k] for v in lines]) for k in keys]]) + " |")
+    command = ("`python -m experiments.likelihood_auc --config=configs/likelihood_rewards.py[:long] "
+               "--config.train.steps=0 --workdir=W --num=128 --samples=8 --results=" +
+               f"{DEFAULT_RESULTS_DIR}/{AUC_FILE}` on the warmed-up policy of each seed (W: a run with "
+               "`--config.train.steps=0`).")
+    text += ("\n\n**ROC-AUC of each reward against the verifier** on the warmed-up policy's own samples "
+             "(P(reward of a correct completion > reward of an incorrect one); 0.5 is chance). " + command +
+             "\n\n" + "\n".join(rows))
+  return text
+
+
+def likelihood_claims(records: Sequence[Record]) -> str:
+  """The paper's claims against our numbers, computed from the records."""
+  return "\n\n".join([
+      "**Verifiable task.** Greedy accuracy after RL: " + _versus(records, "logprob", "verifier", "accuracy_greedy")
+      + ". Reference-answer perplexity: " + _versus(records, "logprob", "verifier", "answer_perplexity")
+      + ". Probability reward: " + _versus(records, "prob", "verifier", "accuracy_greedy") + ".",
+      "**Long-answer task.** Greedy accuracy (the sentence's last integer) after RL: "
+      + _versus(records, "long_logprob", "long_verifier", "accuracy_greedy") + "; "
+      + _versus(records, "long_prob", "long_logprob", "accuracy_greedy") + ". Perplexity: "
+      + _versus(records, "long_logprob", "long_verifier", "answer_perplexity") + ".",
+      "**Against the warm-up.** " + " ".join(_change(records, label) for label in
+                                             ("logprob", "prob", "verifier", "long_logprob", "long_prob",
+                                              "long_verifier")),
+      "**What this shows and what it does not.** The paper's claims are about a 3B model on MATH with 32 "
+      "samples per prompt; ours are about a 0.75M-parameter model whose chain of thought (column "
+      "arithmetic) is nearly always right after the warm-up, so the gains here come mostly from the "
+      "SFT term on the reference answer (it fixes the warm-up's off-by-one answers directly), not from "
+      "better reasoning. The sentences above say, seed spread included, whether the log-prob reward "
+      "matches or beats the verifier on accuracy and perplexity here, and whether the probability reward "
+      "learns less than the log-prob reward on long answers (the paper's 'flatline'); read them as "
+      "statements about this toy setting only.",
+  ])
+
+
+LIKELIHOOD_REWARDS = register(Reproduction(
+    name="likelihood_rewards",
+    title="Likelihood rewards vs the verifier, on short and long answers",
+    description=(
+        "Likelihood-Based Reward Designs (arXiv 2602.03979) train with the policy's own log-probability of "
+        "the reference answer after its chain of thought, with no verifier. Here the default experiment's "
+        "warmed-up model (60% of its demonstrations end with an answer off by +1) is trained for 200 RL "
+        "steps (16 prompts x 8 samples, RLOO) with the likelihood objective (RL term on the chain of "
+        "thought + SFT term on the reference answer) and the log-prob (`logprob`) or probability "
+        "(`prob`, VeriFree) reward, or with the binary verifier reward and the GRPO loss (`verifier`). "
+        "The `long_` runs use the long-answer task (`arithmetic_long`): the reference answer is a "
+        "sentence in one of four phrasings, so the exact-match verifier (`long_verifier`'s reward) fails "
+        "a correct policy three times in four; accuracy there is the sentence's last integer. "
+        "`answer_perplexity` is the reference answers' perplexity after greedy chains of thought. The "
+        "paper's numbers (Qwen2.5-3B on MATH, greedy accuracy and perplexity) sit beside the runs they "
+        "correspond to; the model, task and scale differ by orders of magnitude."),
+    runs=(RunSpec("logprob", LIKELIHOOD_CONFIG),
+          RunSpec("prob", LIKELIHOOD_CONFIG, {"rewards.options.likelihood.kind": "prob"}),
+          RunSpec("verifier", f"{LIKELIHOOD_CONFIG}:verifier"),
+          RunSpec("long_logprob", f"{LIKELIHOOD_CONFIG}:long"),
+          RunSpec("long_prob", f"{LIKELIHOOD_CONFIG}:long", {"rewards.options.likelihood.kind": "prob"}),
+          RunSpec("long_verifier", f"{LIKELIHOOD_CONFIG}:long_verifier")),
+    quick=(RunSpec("logprob", f"{LIKELIHOOD_CONFIG}:tiny"),
+           RunSpec("long_logprob", f"{LIKELIHOOD_CONFIG}:long_tiny")),
+    seeds=3,
+    render=likelihood_table,
+    paper=Paper("Kwiatkowski et al. (2026), arXiv 2602.03979: Qwen2.5-3B on MATH, 32 samples per prompt; "
+                "accuracies as fractions",
+                {("logprob", -1, "accuracy_greedy"): 0.5684, ("verifier", -1, "accuracy_greedy"): 0.5585,
+                 ("logprob", -1, "answer_perplexity"): 1.55, ("verifier", -1, "answer_perplexity"): 8.25}),
+    claims=likelihood_claims,
 ))
 
 

@@ -19,7 +19,10 @@ diffusion model):
   `ref_logp`: `[B, T]` log-probs under the reference role (when something needs them).
 - `extras`: regime and stage extras by name, each `[B, ...]`: the prompts of a language
   model (`prompt_ids`, `prompt_mask`), `outcome_rewards`, `token_rewards`, `valid`,
-  `labels`, `values`, `returns`, `sampler_logp`, `is_weight`, ...
+  `labels`, `values`, `returns`, `sampler_logp`, `is_weight`, and after a likelihood reward
+  spliced the reference answer after each chain of thought (`rewards.likelihood`):
+  `token_mask` (the tokens present; `mask` then covers the chain of thought only) and
+  `answer_mask` (the reference answer's tokens), ...
 """
 from __future__ import annotations
 
@@ -71,6 +74,10 @@ class Rollout(Mapping):
     fields = {k: v for k, v in values.items() if k in _FIELDS}
     extras = {k: v for k, v in values.items() if k not in _FIELDS}
     return self.replace(**fields, extras={**self.extras, **extras})
+
+  def without(self, *extras: str) -> "Rollout":
+    """A copy without these extras (absent ones are ignored)."""
+    return self.replace(extras={k: v for k, v in self.extras.items() if k not in extras})
 
   @property
   def num_rows(self) -> int:

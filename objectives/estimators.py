@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from objectives import advantages as adv
-from objectives import checks, prime, registry
+from objectives import checks, logprob_rewards, prime, registry
 
 Array = jax.Array
 EstimatorFn = Callable[..., Array]
@@ -410,3 +410,31 @@ def prime_estimator(batch, *, group_size: int, process_coef: float = 5.0, outcom
       group_size=group_size, process_coef=process_coef, outcome_coef=outcome_coef, process_gamma=process_gamma,
       outcome_gamma=outcome_gamma, whiten=whiten)
   return advantages
+
+
+@register_estimator("jepo")
+def jepo(batch, *, group_size: int, multi_sample: bool = True) -> Array:
+  """JEPO (arXiv 2503.19618) on `rewards` = log pi(a* | x, c_i) (the likelihood reward, kind "logprob").
+
+  multi_sample=True: A_i = L_hat - vtilde_i with L_hat = log (1/n) sum_j pi(a*|x,c_j) and
+  vtilde_i = log (1/(n-1)) sum_{j != i} pi(a*|x,c_j) over the group's n valid rows
+  (`logprob_rewards.jepo_advantages`); multi_sample=False: the single-sample bound, whose
+  leave-one-out baseline is RLOO's. Rows without a reward count as probability 0 in no one's
+  sum and get 0; groups with fewer than two valid rows get 0.
+  """
+  r = _sequence_rewards(batch)
+  valid = _valid(batch)
+  if not multi_sample:
+    return _per_sequence(adv.rloo(r, group_size=group_size, valid=valid), batch)
+  checks.check_rank("rewards", r, 1, "[B]")
+  x = jnp.where(valid, r, -jnp.inf).reshape(-1, group_size)
+  v = valid.reshape(-1, group_size)
+  n = jnp.sum(v, axis=1, keepdims=True).astype(x.dtype)
+  ok = v & (n >= 2)
+  safe = jnp.where(jnp.any(v, axis=1, keepdims=True), x, 0.0)  # an all-invalid group: no -inf - -inf
+  group_bound = jax.nn.logsumexp(safe, axis=1, keepdims=True) - jnp.log(jnp.maximum(n, 1.0))
+  others = jnp.where(jnp.eye(group_size, dtype=bool)[None], -jnp.inf, safe[:, None, :])
+  others = jnp.where(ok[:, :, None], others, 0.0)  # rows that get 0 anyway: keep them finite
+  loo = jax.nn.logsumexp(others, axis=-1) - jnp.log(jnp.maximum(n - 1.0, 1.0))
+  out = jnp.where(ok, group_bound - loo, 0.0).reshape(-1)
+  return _per_sequence(out, batch)

@@ -22,12 +22,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from objectives import aggregation, checks
+from objectives import aggregation, checks, registry
 
 Array = jax.Array
 
 KINDS = ("logprob", "avg_logprob", "prob", "avg_prob")
-
+SFT_WEIGHTS = ("one", "reward")
 
 
 
@@ -269,3 +269,60 @@ def likelihood_loss(cot_logp: Array, cot_mask: Array, answer_logp: Array, answer
   sft = -jnp.mean(w * ans)
   total = policy + sft_coef * sft
   return total, {"loss/policy": policy, "loss/sft": sft, "loss/total": total}
+
+
+@registry.register("likelihood", needs_reference=False)
+def likelihood_objective(logp: Array, batch, *, rl_coef: float = 1.0, sft_coef: float = 1.0,
+                         sft_weight: str = "one") -> tuple[Array, Array, dict[str, Array]]:
+  """Registry entry: the RL term on the chain of thought plus the SFT term on the reference answer.
+
+  sum = sum_i v_i [ -rl_coef sg(A_i) sum_t m^z_{i,t} logp_{i,t} - sft_coef sg(w_i) sum_t m^a_{i,t} logp_{i,t} ]
+  denominator = sum_i v_i   (rows with a reward; all B without `batch["valid"]`)
+
+  so the loss is `likelihood_loss` (VeriFree / arXiv 2602.03979: E[A grad log pi(z|p) + w grad
+  log pi(a*|p,z)], sums over tokens, a mean over rows) with both terms read from one `[B, T]`
+  array: the engine's likelihood reward (`jaxrl_reward.rewards.likelihood`) lays each row out as
+  z || a*, with `mask` on z and `answer_mask` on a*. `A` is `[B]` (or `[B, T]`, per token);
+  w = 1 (`sft_weight="one"`, the likelihood paper) or the row's reward (`"reward"`, VeriFree's
+  `sft_coef_source=reward` with the probability reward). Plain REINFORCE on z: no ratio, so
+  use it on-policy (`train.num_iterations` = 1).
+
+  Args:
+    logp: `[B, T]` policy log-probs of the spliced rows.
+    batch: `mask`, `answer_mask` `[B, T]`, `advantages`, `rewards` (for sft_weight="reward"),
+      optional `valid` `[B]`.
+    rl_coef, sft_coef: weights of the two terms (rl_coef = 0: an SFT update on the answers).
+    sft_weight: one of `SFT_WEIGHTS`.
+  """
+  if sft_weight not in SFT_WEIGHTS:
+    raise ValueError(f"likelihood objective: sft_weight={sft_weight!r} is not one of {SFT_WEIGHTS}")
+  for key in ("mask", "answer_mask", "advantages"):
+    if key not in batch:
+      hint = (" (set by the 'likelihood' reward: add it to config.rewards.names)" if key == "answer_mask" else "")
+      raise KeyError(f"likelihood objective: batch is missing key {key!r}{hint}; got keys {sorted(batch)}")
+  checks.check_rank("logp", logp, 2, "[B, T]")
+  dtype = logp.dtype
+  b = logp.shape[0]
+  z_mask = jnp.asarray(batch["mask"]).astype(dtype)
+  a_mask = jnp.asarray(batch["answer_mask"]).astype(dtype)
+  checks.check_shape("batch['answer_mask']", a_mask, logp.shape, "logp")
+  valid = jnp.ones((b,), dtype) if batch.get("valid") is None else jnp.asarray(batch["valid"]).astype(dtype)
+  adv = jax.lax.stop_gradient(jnp.asarray(batch["advantages"], dtype))
+  z_logp = checks.fill_masked(logp, z_mask) * z_mask
+  if adv.ndim == 2:
+    policy_rows = -jnp.sum(checks.fill_masked(adv, z_mask) * z_logp, axis=-1)
+  else:
+    policy_rows = -checks.fill_masked(adv, jnp.any(z_mask > 0, axis=-1)) * jnp.sum(z_logp, axis=-1)
+  if sft_weight == "reward":
+    w = jax.lax.stop_gradient(jnp.asarray(batch["rewards"], dtype))
+    checks.check_shape("batch['rewards']", w, (b,), "logp[:, 0]")
+  else:
+    w = jnp.ones((b,), dtype)
+  answer_sum = jnp.sum(checks.fill_masked(logp, a_mask) * a_mask, axis=-1)
+  sft_rows = -checks.fill_masked(w, jnp.any(a_mask > 0, axis=-1)) * answer_sum
+  total = jnp.sum(valid * (rl_coef * policy_rows + sft_coef * sft_rows))
+  rows = jnp.sum(valid)
+  metrics = {"loss/policy": aggregation.safe_divide(jnp.sum(valid * policy_rows), rows),
+             "loss/sft": aggregation.safe_divide(jnp.sum(valid * sft_rows), rows),
+             "stats/answer_logp": aggregation.masked_mean(answer_sum, valid * jnp.any(a_mask > 0, axis=-1))}
+  return total, rows, metrics

@@ -128,6 +128,9 @@ def test_every_rl_objective_trains_two_steps(tmp_path, name):
     pytest.skip(f"{name} trains a value model, not the policy")
   c = micro_config(**{"objective.name": name, "warmup.steps": 1, "train.steps": 2, "train.num_iterations": 1,
                       "eval.every": 2, "optim.warmup_steps": 0, "optim.lr": 1e-3})
+  if name == "likelihood":  # its SFT term reads the reference answers that the likelihood reward splices in
+    c.rewards.names, c.rewards.weights = ("likelihood",), (1.0,)
+    c.rewards.options = {"likelihood": {"no_marker": "append"}}
   t = _experiment(c)
   t.run(tmp_path)
   rows = [r for r in metrics_lib.read_metrics(tmp_path / "metrics.jsonl") if r.get("train/stage") == 1.0]

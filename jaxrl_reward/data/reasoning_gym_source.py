@@ -240,4 +240,5 @@ def build_reasoning_gym_task(task_config, seed: int, *, tokenizer=None):
     del step
     return [answer_tag_target(e) for e in examples]
 
-  return task_lib.Task(tokenizer, train, held_out, sft_targets)
+  return task_lib.Task(tokenizer, train, held_out, sft_targets,
+                       answer_format=task_lib.AnswerFormat(marker="<answer>", suffix="</answer>"))

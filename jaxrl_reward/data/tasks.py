@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from jaxrl_reward.data import arithmetic
+from jaxrl_reward.data import arithmetic, arithmetic_long
 from jaxrl_reward.data import tokenizer as tokenizer_lib
-from jaxrl_reward.data.task import Task
+from jaxrl_reward.data.task import AnswerFormat, Task
+
+ARITHMETIC_ANSWER = AnswerFormat(marker=arithmetic.ANSWER_MARKER, prefix=" ")
 
 
 def _arithmetic(task_config, seed: int) -> Task:
@@ -22,7 +24,8 @@ def _arithmetic(task_config, seed: int) -> Task:
     return arithmetic.noisy_solutions(examples, noise=task_config.answer_noise, seed=seed, step=step,
                                       shift=task_config.answer_shift)
 
-  return Task(tokenizer_lib.build_arithmetic_tokenizer(), train, held_out, sft_targets)
+  return Task(tokenizer_lib.build_arithmetic_tokenizer(), train, held_out, sft_targets,
+              answer_format=ARITHMETIC_ANSWER)
 
 
 def _reasoning_gym(task_config, seed: int) -> Task:
@@ -37,6 +40,7 @@ def _math_file(task_config, seed: int) -> Task:
 
 TASKS: dict[str, Callable[[Any, int], Task]] = {
     "arithmetic": _arithmetic,
+    "arithmetic_long": arithmetic_long.build_task,
     "reasoning_gym": _reasoning_gym,
     "math_file": _math_file,
 }

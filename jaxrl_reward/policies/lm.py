@@ -30,7 +30,9 @@ from jaxrl_reward.rollout import Rollout
 
 
 def _completion_inputs(rollout: Rollout):
-  return (rollout["prompt_ids"], rollout["prompt_mask"], rollout.actions, rollout.mask)
+  # `token_mask` (the tokens present, when a reward spliced a reference answer after the chain of
+  # thought) is wider than `mask` (the steps the RL term trains); without it they are the same.
+  return (rollout["prompt_ids"], rollout["prompt_mask"], rollout.actions, rollout.get("token_mask", rollout.mask))
 
 
 class LanguageModel:
@@ -90,7 +92,8 @@ class LanguageModel:
                                         conditions["group_ids"], key)
 
   def logprobs(self, params, rollout: Rollout) -> jax.Array:
-    """Teacher-forced `[B, T]` log-probs of the completion tokens (traceable)."""
+    """Teacher-forced `[B, T]` log-probs of the completion tokens (traceable); 0 where
+    `token_mask` (default `mask`) is 0."""
     model = nnx.merge(self.graphdef, params)
     return logprobs_lib.completion_logprobs(model, *_completion_inputs(rollout), temperature=self.temperature)
 

@@ -18,6 +18,14 @@ of the training state, so it can give per-token rewards:
   in `config.rewards.options.<name>`.
 - `level`: "sequence" (returns `[B]`) or "token" (returns `[B, T]`, 0 on masked steps).
 
+A reward that needs host-side inputs first (for example the reference answers of the task,
+tokenised and spliced after each chain of thought) also registers `prepare(rollout, *,
+policy, task, columns, options) -> (rollout, stats)`, which the RL stage calls on each fresh
+sample before anything else reads it, and `layout(options, task) -> (extra_steps,
+per_step, per_row)`: the columns it adds to `T` and the extras it adds, for the start-up traces
+(it checks the options and the task, so a bad one fails before any warm-up).
+At most one reward of a run may prepare.
+
 `roles` declared here must exist in the run (`config.roles`, or the built-in `policy` and
 `reference`); the engine checks that when the run starts.
 """
@@ -41,6 +49,8 @@ class ModelReward:
   level: str
   roles: tuple[str, ...]
   options: objective_registry.Options
+  prepare: Callable[..., Any] | None = None
+  layout: Callable[..., tuple[int, tuple[str, ...], tuple[str, ...]]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +66,19 @@ class BoundRole:
 _REGISTRY = objective_registry.Registry("in-jit reward")
 
 
-def register_model_reward(name: str, *, level: str, roles: tuple[str, ...] = (), overwrite: bool = False):
-  """Decorator registering an in-jit reward `fn(rollout, roles, **options)` under `name`."""
+def register_model_reward(name: str, *, level: str, roles: tuple[str, ...] = (), overwrite: bool = False,
+                          prepare: Callable[..., Any] | None = None, layout: Callable[..., Any] | None = None):
+  """Decorator registering an in-jit reward `fn(rollout, roles, **options)` under `name`
+  (`prepare` and `layout`: see the module docstring; give both or neither)."""
   if level not in LEVELS:
     raise ValueError(f"level={level!r} is not one of {LEVELS}")
+  if (prepare is None) != (layout is None):
+    raise ValueError(f"in-jit reward {name!r}: give both prepare and layout, or neither")
 
   def decorator(fn):
     _REGISTRY.add(name, ModelReward(name, fn, level, tuple(roles),
-                                    objective_registry.signature_options(fn, positional=2)), overwrite=overwrite)
+                                    objective_registry.signature_options(fn, positional=2), prepare, layout),
+                  overwrite=overwrite)
     return fn
 
   return decorator

@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxrl_reward import sharding
 from jaxrl_reward.rewards import base as host_rewards
+from jaxrl_reward.rewards import likelihood  # noqa: F401  (registers the "likelihood" in-jit reward)
 from jaxrl_reward.rewards import model_rewards
 from jaxrl_reward.rollout import Rollout
 from objectives import advantages as advantages_lib
@@ -86,6 +87,11 @@ class RewardSet:
     for r in self.role_names:
       roles[r]  # raises naming the run's roles  # noqa: B018
     self.has_token_rewards = any(spec.level == "token" for spec, _, _ in self.model)
+    preparing = [(spec, options) for spec, _, options in self.model if spec.prepare is not None]
+    if len(preparing) > 1:
+      raise ValueError(f"config.rewards.names: at most one of {[s.name for s, _ in preparing]} may be used in a "
+                       "run (each rewrites the rollout's layout)")
+    self._preparing = preparing[0] if preparing else None
     self.label_name = rewards_config.eval_name if with_labels else None
     self.nonfinite = rewards_config.get("nonfinite", "error")
     if self.model:
@@ -98,6 +104,21 @@ class RewardSet:
   @property
   def needs_reference(self) -> bool:
     return "reference" in self.role_names
+
+  def layout(self, task) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+    """(columns added to T, per-step extras, per-row extras) of the preparing reward, if any;
+    raises when its options or `task` do not suit it."""
+    if self._preparing is None:
+      return 0, (), ()
+    spec, options = self._preparing
+    return spec.layout(options, task)
+
+  def prepare(self, rollout: Rollout, *, policy, task, columns: Mapping[str, Sequence[Any]]) -> tuple[Rollout, dict]:
+    """The fresh sample as the rewards need it (`columns`: this process's rows), and stats."""
+    if self._preparing is None:
+      return rollout, {}
+    spec, options = self._preparing
+    return spec.prepare(rollout, policy=policy, task=task, columns=columns, options=options)
 
   def _model_terms_fn(self, params, rollout):
     bound = {r: model_rewards.BoundRole(params[r], self.roles[r].scorer) for r in self.role_names}

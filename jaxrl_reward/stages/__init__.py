@@ -108,12 +108,13 @@ def prompt_groups(context: Context, examples: list[dict], group_size: int) -> tu
 
 
 def abstract_rollout(config, rows: int, *, per_step: tuple[str, ...] = (), per_row: tuple[str, ...] = (),
-                     token_rewards: bool = False, reference: bool = False) -> Rollout:
+                     token_rewards: bool = False, reference: bool = False, extra_steps: int = 0) -> Rollout:
   """Shapes of a language-model rollout of `rows` rows as a loss sees it, for start-up traces:
   the sampled fields, the rewards (`[B, T]` with `token_rewards`), the reference log-probs
   (with `reference`), the extras every scored rollout has, and float extras named in
-  `per_step` (`[B, T]`) and `per_row` (`[B]`)."""
-  t, p = config.task.max_completion_length, config.task.max_prompt_length
+  `per_step` (`[B, T]`) and `per_row` (`[B]`); `extra_steps` columns are added to T (a reward
+  that splices a reference answer after each chain of thought)."""
+  t, p = config.task.max_completion_length + int(extra_steps), config.task.max_prompt_length
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
   i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
   extras = {"prompt_ids": i32(rows, p), "prompt_mask": i32(rows, p), "outcome_rewards": f32(rows),

@@ -40,6 +40,7 @@ from jaxrl_reward.rollout import Rollout
 from jaxrl_reward.state import role_specs
 from objectives import advantages as advantages_lib
 from objectives import estimators
+from objectives import logprob_rewards
 from objectives import registry
 
 OLD_LOGP = ("auto", "sampler", "recompute")
@@ -69,6 +70,7 @@ class Settings:
   needs_reference: bool
   old_logp: str
   tis_cap: float
+  std_filter_beta: float
 
 
 def settings(config) -> Settings:
@@ -104,6 +106,11 @@ def settings(config) -> Settings:
   if tis_cap and old_logp != "recompute":
     raise ValueError("train.tis_cap corrects the sampler/learner mismatch of recomputed old log-probs; "
                      "it needs train.old_logp='recompute'")
+  std_filter_beta = float(c.rewards.get("std_filter_beta", 0.0) or 0.0)
+  if std_filter_beta < 0:
+    raise ValueError(f"rewards.std_filter_beta must be >= 0 (0: off), got {std_filter_beta}")
+  if int(c.rewards.get("std_filter_start_step", 11)) < 2:
+    raise ValueError(f"rewards.std_filter_start_step must be >= 2, got {c.rewards.std_filter_start_step}")
   if r.group_size < 2:
     raise ValueError(f"rollout.group_size must be >= 2 for group-relative training, got {r.group_size}")
   if r.prompts_per_step % (t.num_minibatches * t.grad_accum_steps):
@@ -113,7 +120,8 @@ def settings(config) -> Settings:
         "prompts_per_step a multiple of num_minibatches x grad_accum_steps")
   return Settings(objective, options, estimator, estimator_options, role_objectives, value_role,
                   needs_labels=any(specs[n].kind == "lm" for n in role_objectives),
-                  needs_reference=bool(needs_reference), old_logp=old_logp, tis_cap=tis_cap)
+                  needs_reference=bool(needs_reference), old_logp=old_logp, tis_cap=tis_cap,
+                  std_filter_beta=std_filter_beta)
 
 
 def _logp_gap(sampler_logp, learner_logp, mask):
@@ -139,6 +147,8 @@ class RL(stages.Stage):
     self.estimator, self.estimator_options = s.estimator, s.estimator_options
     self.old_logp, self.tis_cap, self.value_role = s.old_logp, s.tis_cap, s.value_role
     self.needs_reference = s.needs_reference
+    self.std_filter_beta = s.std_filter_beta
+    self.std_filter_start = int(c.rewards.get("std_filter_start_step", 11))
     # Every role of config.roles is in the state; the trainable ones update online.
     self.extra_roles = [n for n in roles.specs if n not in ("policy", "reference")]
     self.trained_roles = list(s.role_objectives)
@@ -171,6 +181,8 @@ class RL(stages.Stage):
     self._advantages = self.ctx.placement.jit(self._advantages_fn, in_shardings=(rows,), out_shardings=rows)
     self._stats = self.ctx.placement.jit(self._stats_fn, in_shardings=(rows,), out_shardings=replicated)
     self._gap = self.ctx.placement.jit(_logp_gap, in_shardings=(rows, rows, rows), out_shardings=replicated)
+    self._filter = self.ctx.placement.jit(self._filter_fn, in_shardings=(replicated, rows),
+                                          out_shardings=(replicated, rows, replicated))
 
   # -- start-up checks --------------------------------------------------------------------
 
@@ -188,8 +200,10 @@ class RL(stages.Stage):
     per_step = ("sampler_logp",) + (("token_rewards",) if self.rewards.has_token_rewards else ()) \
         + (("is_weight",) if self.tis_cap else ()) + (("values", "old_values", "returns") if self.value_role else ())
     per_row = ("baseline_rewards",) if "baseline_rewards" in estimators.needs(self.estimator) else ()
-    return stages.abstract_rollout(self.ctx.config, rows, per_step=per_step, per_row=per_row,
-                                   token_rewards=self.rewards.has_token_rewards, reference=self.needs_reference)
+    extra_steps, layout_steps, layout_rows = self.rewards.layout(self.ctx.task)
+    return stages.abstract_rollout(self.ctx.config, rows, per_step=per_step + layout_steps,
+                                   per_row=per_row + layout_rows, token_rewards=self.rewards.has_token_rewards,
+                                   reference=self.needs_reference, extra_steps=extra_steps)
 
   # -- state -----------------------------------------------------------------------------
 
@@ -202,12 +216,16 @@ class RL(stages.Stage):
       placement = self.placements[n]
       new[n]["opt_state"] = placement.jit(opt.init, in_shardings=(placement.params,),
                                           out_shardings=placement.opt_state)(new[n]["params"])
+    if self.std_filter_beta:  # RLPR's EMA of the group reward std, carried across steps
+      new["std_filter"] = state.get("std_filter", logprob_rewards.std_filter_init())
     return new
 
   def state_shardings(self):
     out = {n: {"params": self.ctx.roles[n].placement.params} for n in self.role_names}
     for n, placement in self.placements.items():
       out[n] = {"params": placement.params, "opt_state": placement.opt_state}
+    if self.std_filter_beta:
+      out["std_filter"] = jax.tree.map(lambda _: self.ctx.placement.replicated, logprob_rewards.std_filter_init())
     return out
 
   # -- one step --------------------------------------------------------------------------
@@ -227,16 +245,31 @@ class RL(stages.Stage):
       rollout = rollout.update(returns=returns)
     return rollout
 
+  def _filter_fn(self, filter_state, rollout: Rollout):
+    """RLPR's std filter: the groups whose reward std is below `std_filter_beta` x its EMA leave
+    the update (their rows become invalid and fully masked)."""
+    rewards = rollout.rewards if rollout.rewards.ndim == 1 else jnp.sum(rollout.rewards * rollout.mask, axis=-1)
+    stds = jnp.std(rewards.reshape(-1, self.group_size), axis=1)
+    start = self.std_filter_start
+    filter_state, keep = logprob_rewards.std_filter_update(filter_state, stds, beta_f=self.std_filter_beta,
+                                                           start_step=start, ema_start_step=(start + 1) // 2)
+    rows = jnp.repeat(keep, self.group_size)
+    masked = {k: rollout[k] * rows[:, None] for k in ("mask", "answer_mask") if k in rollout}
+    return filter_state, rollout.update(valid=rollout["valid"] & rows, **masked), jnp.mean(keep.astype(jnp.float32))
+
   def _stats_fn(self, rollout: Rollout) -> dict:
     mask = rollout.mask
     lengths = jnp.sum(mask, axis=-1)
     last = jnp.take_along_axis(rollout.actions, jnp.maximum(lengths.astype(jnp.int32) - 1, 0)[:, None], axis=1)[:, 0]
+    ended = (last == self.ctx.roles.policy.eos_id) & (lengths > 0)
+    if "completion_length" in rollout:  # the sample as drawn, before a reference answer was spliced in
+      lengths, ended = rollout["completion_length"], rollout["completion_ended"]
     total = rollout.rewards if rollout.rewards.ndim == 1 else jnp.sum(rollout.rewards, axis=-1)
     groups = total.reshape(-1, self.group_size)
     return {
         "train/reward": jnp.mean(total),
         "train/completion_length": jnp.mean(lengths),
-        "train/eos_frac": jnp.mean((last == self.ctx.roles.policy.eos_id) & (lengths > 0)),
+        "train/eos_frac": jnp.mean(ended),
         "train/frac_zero_std_groups": jnp.mean(jnp.std(groups, axis=1) == 0),
         "train/frac_valid": jnp.mean(rollout["valid"].astype(jnp.float32)),
         "stats/advantage_abs_mean": jnp.mean(jnp.abs(rollout.advantages)),
@@ -244,11 +277,26 @@ class RL(stages.Stage):
 
   def collect(self, state, examples: list[dict], key) -> tuple[Rollout, dict]:
     """Samples, scores and computes the advantages of one step's rollout."""
+    rollout, stats = self.score(state, examples, key)
+    rollout = self._advantages(rollout)
+    return rollout, {**stats, **self._stats(rollout)}
+
+  def _sample(self, params, conditions, local, key, *, greedy: bool = False) -> tuple[Rollout, list[str], dict]:
+    """A fresh sample, its completions (this process's rows) and the rewards' host-side preparation."""
+    policy = self.ctx.roles.policy
+    rollout = policy.sample(params, conditions, key, greedy=greedy)
+    completions = policy.decode(rollout)
+    rollout, stats = self.rewards.prepare(rollout, policy=policy, task=self.ctx.task,
+                                          columns=scoring.columns_of(local))
+    return rollout, completions, stats
+
+  def score(self, state, examples: list[dict], key) -> tuple[Rollout, dict]:
+    """Samples and scores one step's rollout (everything but the advantages)."""
     ctx, roles = self.ctx, self.ctx.roles
     policy = roles.policy
     params = state["policy"]["params"]
     conditions, local = stages.prompt_groups(ctx, examples, self.group_size)
-    rollout = policy.sample(params, conditions, key)
+    rollout, completions, prepared = self._sample(params, conditions, local, key)
     recomputed = policy.compute_logprobs(params, rollout)
     gap = self._gap(rollout.old_logp, recomputed, rollout.mask)
     if self.old_logp == "recompute":
@@ -259,19 +307,20 @@ class RL(stages.Stage):
       rollout = rollout.update(ref_logp=roles["reference"].scorer.compute_logprobs(
           state["reference"]["params"], rollout))
     prompts = [e["prompt"] for e in local]
-    rollout, stats = self.rewards.score(rollout, state, prompts=prompts, completions=policy.decode(rollout),
-                                        columns=scoring.columns_of(local))
+    # The policy's teacher-forced log-probs under these parameters, for an in-jit reward that reads them.
+    rollout, stats = self.rewards.score(rollout.update(policy_logp=recomputed), state, prompts=prompts,
+                                        completions=completions, columns=scoring.columns_of(local))
+    rollout = rollout.without("policy_logp")
     if self.value_role:
       values = roles[self.value_role].scorer.compute_outputs(state[self.value_role]["params"], rollout)
       rollout = rollout.update(values=values, old_values=values)
     if "baseline_rewards" in estimators.needs(self.estimator):  # ReMax: the greedy completion's reward
-      greedy = policy.sample(params, conditions, key, greedy=True)
-      greedy, _ = self.rewards.score(greedy, state, prompts=prompts, completions=policy.decode(greedy),
+      greedy, greedy_completions, _ = self._sample(params, conditions, local, key, greedy=True)
+      greedy, _ = self.rewards.score(greedy, state, prompts=prompts, completions=greedy_completions,
                                      columns=scoring.columns_of(local))
       total = greedy.rewards if greedy.rewards.ndim == 1 else jnp.sum(greedy.rewards, axis=-1)
       rollout = rollout.update(baseline_rewards=total)
-    rollout = self._advantages(rollout)
-    return rollout, {**stats, **self._stats(rollout), "stats/sampler_logp_gap": gap}
+    return rollout, {**prepared, **stats, "stats/sampler_logp_gap": gap}
 
   def _check_missing(self, stats, step: int) -> None:
     """Warns on a step where no row has a reward; stops after `rewards.stop_after_missing_steps` in a row."""
@@ -292,10 +341,17 @@ class RL(stages.Stage):
     c = self.ctx.config
     idx = batching.batch_indices(len(self.ctx.task.train), self.prompts, seed=c.seed + 1, step=step - self.start)
     key = jax.random.fold_in(self.ctx.key, step)
-    rollout, stats = self.collect(state, [self.ctx.task.train[i] for i in idx], key)
+    rollout, stats = self.score(state, [self.ctx.task.train[i] for i in idx], key)
+    state = dict(state)
+    valid = rollout["valid"]
+    if self.std_filter_beta:
+      state["std_filter"], rollout, kept = self._filter(state["std_filter"], rollout)
+      stats["train/std_filter/kept_frac"] = kept
+    rollout = self._advantages(rollout)
+    # frac_valid counts the rows with a reward, before the std filter takes groups out.
+    stats.update(self._stats(rollout.update(valid=valid)))
     if self.rewards.host:
       self._check_missing(jax.device_get(stats), step)
-    state = dict(state)
     rng = np.random.default_rng([c.seed, step])
     metric_sums: dict[str, jax.Array] = {}
     counts: dict[str, int] = {}
