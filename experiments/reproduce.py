@@ -731,7 +731,7 @@ LIKELIHOOD_REWARDS = register(Reproduction(
         "steps (16 prompts x 8 samples, RLOO) with the likelihood objective (RL term on the chain of "
         "thought + SFT term on the reference answer) and the log-prob (`logprob`) or probability "
         "(`prob`, VeriFree) reward, or with the binary verifier reward and the GRPO loss (`verifier`). "
-        "The `long_` runs use the long-answer task (`arithmetic_long`): the reference answer is a "
+        "The `long_` runs (100 RL steps, for time) use the long-answer task (`arithmetic_long`): the reference answer is a "
         "sentence in one of four phrasings, so the exact-match verifier (`long_verifier`'s reward) fails "
         "a correct policy three times in four; accuracy there is the sentence's last integer. "
         "`answer_perplexity` is the reference answers' perplexity after greedy chains of thought. The "
@@ -740,9 +740,10 @@ LIKELIHOOD_REWARDS = register(Reproduction(
     runs=(RunSpec("logprob", LIKELIHOOD_CONFIG),
           RunSpec("prob", LIKELIHOOD_CONFIG, {"rewards.options.likelihood.kind": "prob"}),
           RunSpec("verifier", f"{LIKELIHOOD_CONFIG}:verifier"),
-          RunSpec("long_logprob", f"{LIKELIHOOD_CONFIG}:long"),
-          RunSpec("long_prob", f"{LIKELIHOOD_CONFIG}:long", {"rewards.options.likelihood.kind": "prob"}),
-          RunSpec("long_verifier", f"{LIKELIHOOD_CONFIG}:long_verifier")),
+          RunSpec("long_logprob", f"{LIKELIHOOD_CONFIG}:long", {"train.steps": 100}),
+          RunSpec("long_prob", f"{LIKELIHOOD_CONFIG}:long", {"rewards.options.likelihood.kind": "prob",
+                                                             "train.steps": 100}),
+          RunSpec("long_verifier", f"{LIKELIHOOD_CONFIG}:long_verifier", {"train.steps": 100})),
     quick=(RunSpec("logprob", f"{LIKELIHOOD_CONFIG}:tiny"),
            RunSpec("long_logprob", f"{LIKELIHOOD_CONFIG}:long_tiny")),
     seeds=3,
