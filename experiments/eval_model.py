@@ -71,11 +71,7 @@ def main(argv):
   config.lock()
   t0 = time.perf_counter()
   experiment = experiment_lib.Experiment(config)
-  if _WORKDIR.value:
-    state, step = experiment.restore(_WORKDIR.value)
-    params = state["policy"]["params"]
-  else:
-    params, step = experiment.roles.create("policy", {}), 0
+  params, step = experiment.policy_params(_WORKDIR.value)
   setup_s = time.perf_counter() - t0
   examples = experiment.context.task.eval
   scores, completions, lengths, compile_s, run_s = greedy_scores(

@@ -86,11 +86,7 @@ def main(argv):
   config = _CONFIG.value
   config.lock()
   experiment = experiment_lib.Experiment(config)
-  if _WORKDIR.value:
-    state, step = experiment.restore(_WORKDIR.value)
-    params = state["policy"]["params"]
-  else:
-    params, step = experiment.roles.create("policy", {}), 0
+  params, step = experiment.policy_params(_WORKDIR.value)
   options = dict(config.rewards.get("options", {}).get("likelihood", {}))
   examples = experiment.context.task.eval[:_NUM.value]
   scored = score_samples(experiment, params, examples, samples=_SAMPLES.value, key=jax.random.PRNGKey(config.seed),

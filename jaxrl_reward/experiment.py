@@ -104,6 +104,14 @@ class Experiment:
     self._check_stage(extra, step, workdir)
     return state, step
 
+  def policy_params(self, workdir=None) -> tuple[Any, int]:
+    """(policy parameters, step): of `workdir`'s newest readable checkpoint, or the config's
+    initial policy (step 0) without a workdir."""
+    if workdir:
+      state, step = self.restore(workdir)
+      return state["policy"]["params"], step
+    return self.roles.create("policy", {}), 0
+
   def _check_stage(self, extra, step: int, workdir) -> None:
     stage = self.stages[self.stage_index(step)].name
     if extra.get("stage", stage) != stage:
@@ -120,6 +128,9 @@ class Experiment:
     workdir = pathlib.Path(workdir)
     if not (workdir / "checkpoints").is_dir() or not any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir()):
       return {}  # nothing to resume: a fresh run
+    if not (workdir / provenance.CONFIG_FILE).is_file():
+      raise ConfigMismatch(f"{workdir} holds checkpoints but no {provenance.CONFIG_FILE}, so its config cannot be "
+                           "checked against this one; use a new workdir, or put back the run's config file")
     changes = provenance.config_changes(workdir, self.config)
     refused = {k: v for k, v in changes.items() if not provenance.allowed_change(k, allow_config_change)}
     if refused:

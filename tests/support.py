@@ -1,8 +1,10 @@
 """Shared helpers of the engine tests: the `tiny` arithmetic config on the `micro` model."""
 import jax
+import numpy as np
 
 from configs import grpo_arithmetic
 from jaxrl_reward import experiment as experiment_lib
+from jaxrl_reward import metrics as metrics_lib
 from jaxrl_reward import sharding
 
 
@@ -35,3 +37,21 @@ def experiment(config):
 
 def micro_experiment(**overrides):
   return experiment(micro_config(**overrides))
+
+
+def run_full_and_resumed(t, workdir, stop_at: int):
+  """Runs `t` uninterrupted into workdir/full, then stopped after `stop_at` steps and resumed into
+  workdir/resumed; asserts that both wrote the same metrics. Returns (full state, resumed state,
+  the full run's metric rows)."""
+  t.run(workdir / "full")
+  full = t.state
+  t.run(workdir / "resumed", stop_at=stop_at)
+  t.run(workdir / "resumed")
+  rows_full = metrics_lib.read_metrics(workdir / "full" / "metrics.jsonl")
+  rows_resumed = metrics_lib.read_metrics(workdir / "resumed" / "metrics.jsonl")
+  assert [r["step"] for r in rows_full] == [r["step"] for r in rows_resumed]
+  for a, b in zip(rows_full, rows_resumed):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  return full, t.state, rows_full

@@ -93,10 +93,21 @@ def _direct(name, b):
     return adv.whiten(returns, vm)
   if name == "prime":
     return prime.prime_advantages(b["token_rewards"], b["outcome_rewards"], vm, group_size=G)[0]
+  if name == "jepo":  # numpy by hand: log-mean-exp over the group's valid rows minus the leave-one-out one
+    x = np.asarray(_seq(b), np.float64).reshape(-1, G)
+    ok = (np.asarray(m).sum(-1) > 0) & (np.ones(len(m), bool) if v is None else np.asarray(v, bool))
+    ok = ok.reshape(-1, G)
+    out = np.zeros_like(x)
+    lme = lambda z: np.log(np.mean(np.exp(z)))  # noqa: E731
+    for g in range(x.shape[0]):
+      rows = np.flatnonzero(ok[g])
+      for i in rows if len(rows) >= 2 else ():
+        out[g, i] = lme(x[g, rows]) - lme(x[g, rows[rows != i]])
+    return out.reshape(-1)
   raise AssertionError(f"no direct reference for {name!r}: add one when registering an estimator")
 
 
-EXPECTED_NAMES = ["discounted", "gae", "gpg", "group", "opo", "pass_at_k", "prime", "pure_min_form",
+EXPECTED_NAMES = ["discounted", "gae", "gpg", "group", "jepo", "opo", "pass_at_k", "prime", "pure_min_form",
                   "reinforce_pp", "reinforce_pp_baseline", "remax", "rloo"]
 
 

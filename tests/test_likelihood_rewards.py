@@ -380,19 +380,10 @@ def test_resume_gives_the_same_numbers_with_the_std_filter(tmp_path):
                  "eval.every": 10, "checkpoint_every": 1, "rewards.std_filter_beta": 0.5,
                  "rewards.std_filter_start_step": 2, "rewards.options.likelihood.kind": "rlpr"})
   t = support.experiment(c)
-  t.run(tmp_path / "full")
-  full = t.state
-  t.run(tmp_path / "resumed", stop_at=3)  # inside the RL stage, after the filter started
-  t.run(tmp_path / "resumed")
-  rows_full = metrics_lib.read_metrics(tmp_path / "full" / "metrics.jsonl")
-  rows_resumed = metrics_lib.read_metrics(tmp_path / "resumed" / "metrics.jsonl")
-  assert [r["step"] for r in rows_full] == [r["step"] for r in rows_resumed]
-  for a, b in zip(rows_full, rows_resumed):
-    assert a.keys() == b.keys()
-    for k in a:
-      np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  # Stopped inside the RL stage, after the filter started.
+  full, resumed, rows_full = support.run_full_and_resumed(t, tmp_path, stop_at=3)
   assert any("train/std_filter/kept_frac" in r for r in rows_full)
-  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(t.state)):
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
   assert int(full["std_filter"].step) == 4
 
@@ -419,3 +410,18 @@ def test_a_task_without_answer_marker_is_an_error(monkeypatch):
   with pytest.raises(ValueError, match="answer marker"):
     support.experiment(c).stage("rl").check()
 
+
+
+@pytest.mark.parametrize("variant", ["", "tiny", "long", "long_tiny", "verifier", "long_verifier", "smollm2",
+                                     "smollm2_cpu"])
+def test_every_variant_passes_the_config_checks(variant):
+  experiment_lib.check_config(likelihood_rewards.get_config(variant))
+
+
+def test_auc_counts_ties_as_one_half():
+  from experiments import likelihood_auc  # noqa: PLC0415
+  scores = np.array([0.9, 0.5, 0.5, 0.1, 0.7])
+  correct = np.array([True, True, False, False, False])
+  # Pairs (correct, incorrect): 0.9 beats all 3; 0.5 beats 0.1, ties 0.5, loses to 0.7 -> (3 + 1.5) / 6.
+  assert likelihood_auc.auc(scores, correct) == pytest.approx(4.5 / 6)
+  assert np.isnan(likelihood_auc.auc(scores, np.zeros(5, bool)))

@@ -366,7 +366,9 @@ def test_logprob_rewards_ignore_masked_values(shape, seed, value, empty_row, sft
   cot_mask, answer_mask = make_mask(rng, b, t, empty_row), make_mask(rng, b, t + 1, empty_row)
   clean = {"cot": logprobs(rng, (b, t)), "answer": logprobs(rng, (b, t + 1)), "advantages": normal(rng, (b,)),
            "sft_weights": rng.random(b).astype(np.float32)}
-  where = {"cot": cot_mask == 0, "answer": answer_mask == 0, "advantages": cot_mask.sum(-1) == 0,
+  # The registered objective reads "cot" under both masks.
+  where = {"cot": (cot_mask == 0) & (answer_mask[:, :t] == 0), "answer": answer_mask == 0,
+           "advantages": cot_mask.sum(-1) == 0,
            "sft_weights": answer_mask.sum(-1) == 0}
   bad = {k: poison(v, where[k], value) for k, v in clean.items()}
 
@@ -380,6 +382,12 @@ def test_logprob_rewards_ignore_masked_values(shape, seed, value, empty_row, sft
     loss = functools.partial(logprob_rewards.likelihood_loss, sft_coef=0.5, sft_weights=weights)
     out["likelihood_loss"] = value_and_grad(lambda c, a: loss(c, cot_mask, a, answer_mask, x["advantages"]),
                                             argnums=(0, 1))(jnp.asarray(x["cot"]), jnp.asarray(x["answer"]))
+    # The registered objective reads both terms from one [B, T] array: CoT mask and answer mask on it.
+    batch = {"mask": cot_mask, "answer_mask": answer_mask[:, :t], "advantages": x["advantages"],
+             "rewards": x["sft_weights"]}
+    out["likelihood_objective"] = objective_value_and_grad(functools.partial(
+        logprob_rewards.likelihood_objective, batch=batch, sft_weight="reward" if sft_weights else "one"),
+        jnp.asarray(x["cot"]))
     return out
 
   assert_same(run(clean), run(bad), "answer_reward / likelihood_loss")

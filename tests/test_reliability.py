@@ -91,6 +91,16 @@ def test_a_change_that_moves_a_stage_boundary_is_refused(runs, tmp_path):
     support.experiment(_config(**{"warmup.steps": 6})).run(tmp_path, allow_config_change=["warmup"])
 
 
+def test_checkpoints_without_config_file_are_refused(runs, tmp_path):
+  """A workdir whose config.json is gone cannot be checked: refused, nothing written."""
+  t, _, stopped = runs
+  shutil.copytree(stopped, tmp_path, dirs_exist_ok=True)
+  (tmp_path / "config.json").unlink()
+  with pytest.raises(experiment_lib.ConfigMismatch, match="holds checkpoints but no config.json"):
+    t.run(tmp_path)
+  assert not (tmp_path / "config.json").exists()
+
+
 def test_cli_rerun_with_another_config_is_one_line(runs):
   _, full, _ = runs
   proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config=configs/grpo_arithmetic.py:tiny",

@@ -136,7 +136,7 @@ def test_unknown_reproduction_lists_the_known_ones():
   result = subprocess.run([sys.executable, "-m", "experiments.reproduce", "nope"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode != 0
-  assert "unknown reproduction 'nope'; known: main_job" in result.stdout + result.stderr
+  assert "unknown reproduction 'nope'; known: likelihood_rewards, main_job" in result.stdout + result.stderr
 
 
 def test_failing_run_raises_with_the_log_tail(tmp_path):

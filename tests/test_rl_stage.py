@@ -8,7 +8,6 @@ import pytest
 import sharded_run  # noqa: F401  (registers the reward "test_length_mod3")
 import support
 from jaxrl_reward import experiment as experiment_lib
-from jaxrl_reward import metrics as metrics_lib
 from jaxrl_reward.rewards import model_rewards
 from objectives import estimators
 
@@ -158,18 +157,7 @@ def _two_roles_config():
 
 def test_two_trainable_roles_train_and_resume_to_the_same_numbers(tmp_path):
   t = support.experiment(_two_roles_config())  # one experiment: its compiled steps serve every run
-  t.run(tmp_path / "full")
-  full = t.state
-  t.run(tmp_path / "resumed", stop_at=2)  # killed inside the RL stage
-  t.run(tmp_path / "resumed")
-  resumed = t.state
-  rows_full = metrics_lib.read_metrics(tmp_path / "full" / "metrics.jsonl")
-  rows_resumed = metrics_lib.read_metrics(tmp_path / "resumed" / "metrics.jsonl")
-  assert [r["step"] for r in rows_full] == [r["step"] for r in rows_resumed]
-  for a, b in zip(rows_full, rows_resumed):
-    assert a.keys() == b.keys()
-    for k in a:
-      np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  full, resumed, rows_full = support.run_full_and_resumed(t, tmp_path, stop_at=2)  # stopped inside RL
   for role in ("policy", "prm", "value", "reference"):
     for a, b in zip(jax.tree.leaves(full[role]), jax.tree.leaves(resumed[role])):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6, err_msg=role)

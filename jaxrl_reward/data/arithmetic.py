@@ -283,17 +283,18 @@ def corrupt_final_answer(solution: str, rng: np.random.Generator, shift: int = 0
 
 
 def noisy_solutions(examples: Sequence[Example], *, noise: float, seed: int, step: int,
-                    shift: int = 0) -> list[str]:
+                    shift: int = 0, corrupt=None) -> list[str]:
   """Worked solutions of `examples`, each with a wrong final answer with probability `noise`.
 
   `shift` 0 moves a corrupted answer by a random amount (diffuse noise: the right answer stays
   the most common one); a non-zero `shift` always moves it by that amount (a systematic
   error: with noise > 0.5 the demonstrations' most common answer is the wrong one).
-  Deterministic in (seed, step), so a resumed run sees the same noisy batch.
+  Deterministic in (seed, step), so a resumed run sees the same noisy batch. `corrupt(solution,
+  rng, shift)` corrupts one solution (default `corrupt_final_answer`).
   """
+  corrupt = corrupt or corrupt_final_answer
   if not 0.0 <= noise < 1.0:
     raise ValueError(f"noise must be in [0, 1), got noise={noise}")
   rng = np.random.default_rng([seed, step, 7])
   flips = rng.random(len(examples)) < noise
-  return [corrupt_final_answer(ex["solution"], rng, shift) if flip else ex["solution"]
-          for ex, flip in zip(examples, flips)]
+  return [corrupt(ex["solution"], rng, shift) if flip else ex["solution"] for ex, flip in zip(examples, flips)]

@@ -116,15 +116,11 @@ def noisy_long_solutions(examples: Sequence[dict], *, noise: float, seed: int, s
                          shift: int = 0) -> list[str]:
   """Long solutions of `examples`, each with a wrong final number with probability `noise`.
 
-  The long-answer counterpart of `arithmetic.noisy_solutions` (same draws, so the same
-  examples are corrupted by the same amounts); deterministic in (seed, step).
+  `arithmetic.noisy_solutions` with `corrupt_long_answer` (same draws, so the same examples
+  are corrupted by the same amounts); deterministic in (seed, step).
   """
-  if not 0.0 <= noise < 1.0:
-    raise ValueError(f"noise must be in [0, 1), got noise={noise}")
-  rng = np.random.default_rng([seed, step, 7])
-  flips = rng.random(len(examples)) < noise
-  return [corrupt_long_answer(ex["solution"], rng, shift) if flip else ex["solution"]
-          for ex, flip in zip(examples, flips)]
+  return arithmetic.noisy_solutions(examples, noise=noise, seed=seed, step=step, shift=shift,
+                                    corrupt=corrupt_long_answer)
 
 
 def build_task(task_config, seed: int) -> Task:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from jaxrl_reward.data import arithmetic, arithmetic_long
+from jaxrl_reward.data import arithmetic, arithmetic_long, chain_sums
 from jaxrl_reward.data import tokenizer as tokenizer_lib
 from jaxrl_reward.data.task import AnswerFormat, Task
 
@@ -41,6 +41,7 @@ def _math_file(task_config, seed: int) -> Task:
 TASKS: dict[str, Callable[[Any, int], Task]] = {
     "arithmetic": _arithmetic,
     "arithmetic_long": arithmetic_long.build_task,
+    "chain_sums": chain_sums.build_task,
     "reasoning_gym": _reasoning_gym,
     "math_file": _math_file,
 }
