@@ -7,9 +7,8 @@ the verifier (`config.rewards.eval_name`) says which completions are correct. Th
 the probability that a correct completion gets a higher reward than an incorrect one (ties
 count one half; Mann-Whitney U / (n_correct n_incorrect)), as RLPR reports; 0.5 is chance.
 
-    python -m experiments.train --config=configs/likelihood_rewards.py --config.stages='("sft",)' \\
-        --workdir=/tmp/warmup                          # the warmed-up policy alone
-    python -m experiments.likelihood_auc --config=configs/likelihood_rewards.py --workdir=/tmp/warmup
+    python -m experiments.train --config=configs/likelihood_rewards.py:verifier --workdir=/tmp/verifier
+    python -m experiments.likelihood_auc --config=configs/likelihood_rewards.py:verifier --workdir=/tmp/verifier
 
 `--workdir` restores the run's newest checkpoint (the state of whichever stage it ended in);
 without it the config's initial parameters are scored. Prints one JSON line and writes it to
@@ -27,6 +26,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxrl_reward import config_cli
+from jaxrl_reward import evaluation
 from jaxrl_reward import experiment as experiment_lib
 from jaxrl_reward import stages
 from jaxrl_reward.rewards import base as host_rewards
@@ -87,10 +87,10 @@ def main(argv):
   config.lock()
   experiment = experiment_lib.Experiment(config)
   params, step = experiment.policy_params(_WORKDIR.value)
-  options = dict(config.rewards.get("options", {}).get("likelihood", {}))
   examples = experiment.context.task.eval[:_NUM.value]
+  width = evaluation.answer_splice_options(experiment.context, examples)["max_answer_tokens"]
   scored = score_samples(experiment, params, examples, samples=_SAMPLES.value, key=jax.random.PRNGKey(config.seed),
-                         max_answer_tokens=int(options.get("max_answer_tokens", 16)))
+                         max_answer_tokens=width)
   correct = scored["correct"]
   result = {"task": config.task.name, "seed": config.seed, "workdir": _WORKDIR.value or None, "step": step,
             "problems": len(examples), "samples": int(correct.size),

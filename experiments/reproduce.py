@@ -667,7 +667,7 @@ def _versus(records: Sequence[Record], a: str, b: str, metric: str) -> str:
 
 def _change(records: Sequence[Record], label: str, metric: str = "accuracy_greedy") -> str:
   rows = [r for r in stage_rows(records, (metric,)) if r.label == label]
-  return _compare(rows[0], rows[-1], metric) if len(rows) >= 2 else f"({label}: fewer than two evaluations kept.)"
+  return f"`{label}`: " + (_compare(rows[0], rows[-1], metric) if len(rows) >= 2 else "fewer than two evaluations kept.")
 
 
 def likelihood_table(reproduction: Reproduction, records: Sequence[Record]) -> str:
@@ -687,12 +687,14 @@ def likelihood_table(reproduction: Reproduction, records: Sequence[Record]) -> s
       rows.append("| " + " | ".join(_cell(c) for c in [
           task, len(lines), lines[0]["samples"], format_mean_std([v["frac_correct"] for v in lines]),
           *[format_mean_std([v[k] for v in lines]) for k in keys]]) + " |")
-    command = ("`python -m experiments.likelihood_auc --config=configs/likelihood_rewards.py[:long] "
-               "--config.train.steps=0 --workdir=W --num=128 --samples=8 --results=" +
-               f"{DEFAULT_RESULTS_DIR}/{AUC_FILE}` on the warmed-up policy of each seed (W: a run with "
-               "`--config.train.steps=0`).")
-    text += ("\n\n**ROC-AUC of each reward against the verifier** on the warmed-up policy's own samples "
-             "(P(reward of a correct completion > reward of an incorrect one); 0.5 is chance). " + command +
+    command = ("`python -m experiments.likelihood_auc --config=configs/likelihood_rewards.py:VARIANT "
+               "--config.seed=$S --workdir=runs/reproductions/likelihood_rewards/RUN/seed$S --num=128 --samples=8 "
+               f"--results={DEFAULT_RESULTS_DIR}/{AUC_FILE}` with (VARIANT, RUN) = (verifier, verifier) and "
+               "(long_verifier, long_verifier): the final policy of each verifier run, which was never trained "
+               "on a likelihood reward.")
+    text += ("\n\n**ROC-AUC of each reward against the verifier** on a fixed set of policy samples, 8 per "
+             "held-out problem (P(reward of a correct completion > reward of an incorrect one); 0.5 is "
+             "chance). " + command +
              "\n\n" + "\n".join(rows))
   return text
 
@@ -711,13 +713,14 @@ def likelihood_claims(records: Sequence[Record]) -> str:
                                              ("logprob", "prob", "verifier", "long_logprob", "long_prob",
                                               "long_verifier")),
       "**What this shows and what it does not.** The paper's claims are about a 3B model on MATH with 32 "
-      "samples per prompt; ours are about a 0.75M-parameter model whose chain of thought (column "
-      "arithmetic) is nearly always right after the warm-up, so the gains here come mostly from the "
-      "SFT term on the reference answer (it fixes the warm-up's off-by-one answers directly), not from "
-      "better reasoning. The sentences above say, seed spread included, whether the log-prob reward "
-      "matches or beats the verifier on accuracy and perplexity here, and whether the probability reward "
-      "learns less than the log-prob reward on long answers (the paper's 'flatline'); read them as "
-      "statements about this toy setting only.",
+      "samples per prompt; ours are about a 0.75M-parameter model on two-operand arithmetic, where the "
+      "warm-up's error is a systematic off-by-one final answer after a chain of thought that is usually "
+      "right. The sentences above say, seed spread included, whether the log-prob reward matches or beats "
+      "the verifier on accuracy and perplexity here, and whether the probability reward learns less than "
+      "the log-prob reward on long answers (the paper's 'flatline'). They do not say which term of the "
+      "likelihood objective does the work: the SFT term trains the reference answer directly, and no run "
+      "with the SFT term off (`objective.options.sft_coef=0`) was made. Read them as statements about this "
+      "toy setting only.",
   ])
 
 

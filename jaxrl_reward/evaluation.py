@@ -32,8 +32,8 @@ class Scores:
   answer_perplexity: float | None = None  # with `answer_perplexity=True`
 
 
-def _answer_options(context, examples: list[dict]) -> dict:
-  """Splice options for the perplexity of the reference answers: every row scored ("append")."""
+def answer_splice_options(context, examples: list[dict]) -> dict:
+  """Splice options that score every row's reference answer ("append"), wide enough for `examples`."""
   task, tokenizer = context.task, context.roles.policy.tokenizer
   if task.answer_format is None:
     raise ValueError("config.eval.answer_perplexity needs a task with an answer marker (Task.answer_format)")
@@ -51,7 +51,7 @@ def decode_and_score(context, params, examples: list[dict], key, *, greedy: bool
   n = len(examples)
   padded = examples + [examples[-1]] * (-n % batch_size)
   scores, completions, lengths = [], [], []
-  options = _answer_options(context, examples) if answer_perplexity else None
+  options = answer_splice_options(context, examples) if answer_perplexity else None
   answer_nll, answer_tokens = 0.0, 0.0
   for start in range(0, len(padded), batch_size):
     rows = context.host_rows(batch_size)

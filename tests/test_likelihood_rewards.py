@@ -1,5 +1,7 @@
 """Likelihood rewards end to end: the splice, the reward pass against a plain forward pass, the
 combined objective, RLPR's debiasing and std filter, JEPO, sharding, resumption, bad input."""
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -425,3 +427,29 @@ def test_auc_counts_ties_as_one_half():
   # Pairs (correct, incorrect): 0.9 beats all 3; 0.5 beats 0.1, ties 0.5, loses to 0.7 -> (3 + 1.5) / 6.
   assert likelihood_auc.auc(scores, correct) == pytest.approx(4.5 / 6)
   assert np.isnan(likelihood_auc.auc(scores, np.zeros(5, bool)))
+
+
+def test_splice_with_a_bpe_tokenizer_and_answer_tags():
+  """SmolLM2's BPE tokenizer: the chain of thought ends with the token that completes `<answer>`,
+  and the spliced answer decodes to the reference answer, the closing tag and EOS."""
+  from configs import grpo_smollm2  # noqa: PLC0415
+  from models import hf  # noqa: PLC0415
+  folder = grpo_smollm2.model_dir()
+  if not (pathlib.Path(folder) / "tokenizer.json").exists():
+    pytest.skip(f"no SmolLM2 folder at {folder} (run scripts/get_smollm2.sh)")
+  tok = hf.load_tokenizer(folder)
+  fmt = tasks.AnswerFormat(marker="<answer>", suffix="</answer>")
+  texts = ["12 + 39: 2 + 9 = 11, carry 1. <answer>50</answer>", "I think <answer> -2 </answer>", "no tags 7"]
+  actions = np.full((3, 40), tok.pad_token_id, np.int32)
+  mask = np.zeros((3, 40), np.float32)
+  for i, text in enumerate(texts):
+    ids = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+    actions[i, :len(ids)], mask[i, :len(ids)] = ids, 1
+  out = likelihood.splice(actions, mask, ["51", "-2", "7"], tokenizer=tok, fmt=fmt, max_answer_tokens=12,
+                          pad_id=tok.pad_token_id)
+  np.testing.assert_array_equal(out["has_marker"], [True, True, False])
+  for i in range(2):
+    cot = out["actions"][i][out["mask"][i] > 0]
+    assert tok.decode(cot).endswith("<answer>") and tok.decode(cot[:-1]).find("<answer>") < 0
+    answer = out["actions"][i][out["answer_mask"][i] > 0]
+    assert tok.decode(answer) == ["51", "-2"][i] + "</answer>" + tok.eos_token
