@@ -699,12 +699,59 @@ def likelihood_table(reproduction: Reproduction, records: Sequence[Record]) -> s
   return text
 
 
+def _gap(records: Sequence[Record], a: str, b: str, metric: str) -> tuple[float, float] | None:
+  """(mean of a - mean of b, the two sample stds summed) of the final `metric`, or None."""
+  va, vb = _final(records, a, metric), _final(records, b, metric)
+  if len(va) < 2 or len(vb) < 2:
+    return None
+  (ma, sa, _), (mb, sb, _) = summarise(list(va.values())), summarise(list(vb.values()))
+  return ma - mb, sa + sb
+
+
+def _learns(records: Sequence[Record], label: str) -> bool | None:
+  """Whether the label's greedy accuracy rose from its first to its last row by more than the spread."""
+  rows = [r for r in stage_rows(records, ("accuracy_greedy",)) if r.label == label]
+  if len(rows) < 2 or min(len(rows[0].values["accuracy_greedy"]), len(rows[-1].values["accuracy_greedy"])) < 2:
+    return None
+  (m0, s0, _), (m1, s1, _) = (summarise(list(r.values["accuracy_greedy"].values())) for r in (rows[0], rows[-1]))
+  return m1 - m0 > s0 + s1
+
+
+def likelihood_verdicts(records: Sequence[Record]) -> str:
+  """One plain sentence per claim of the paper: shown here, or not."""
+  out = []
+  acc = _gap(records, "logprob", "verifier", "accuracy_greedy")
+  if acc is not None:
+    verdict = ("shown: log-prob above by more than the seeds' spread" if acc[0] > acc[1] else
+               "not contradicted: the two differ by less than the seeds' spread" if acc[0] >= -acc[1] else
+               "not shown: log-prob below by more than the seeds' spread")
+    out.append(f"(1) Log-prob reward at least as good as the verifier on greedy accuracy (paper: 56.84 vs 55.85): "
+               f"{verdict} (log-prob minus verifier {acc[0]:+.3f}, spread {acc[1]:.3f}).")
+  ppl = _gap(records, "logprob", "verifier", "answer_perplexity")
+  if ppl is not None:
+    shown = -ppl[0] > ppl[1]
+    out.append(f"(2) Log-prob reward gives a much lower reference-answer perplexity than verifier RL (paper: 1.55 vs "
+               f"8.25): {'shown' if shown else 'not shown'} here (log-prob minus verifier {ppl[0]:+.3f}, spread "
+               f"{ppl[1]:.3f}).")
+  long_prob, long_logprob = _learns(records, "long_prob"), _learns(records, "long_logprob")
+  if long_prob is not None and long_logprob is not None:
+    flat = not long_prob and long_logprob
+    out.append(f"(3) Probability rewards flatline on long answers while log-prob rewards learn: "
+               f"{'shown' if flat else 'not shown'} here (greedy accuracy rises beyond the seeds' spread: prob "
+               f"{'yes' if long_prob else 'no'}, log-prob {'yes' if long_logprob else 'no'}); our long answers "
+               "are about 35 tokens, far shorter than the paper's.")
+  return "**In short.** " + " ".join(out) if out else ""
+
+
 def likelihood_claims(records: Sequence[Record]) -> str:
   """The paper's claims against our numbers, computed from the records."""
   return "\n\n".join([
+      likelihood_verdicts(records),
       "**Verifiable task.** Greedy accuracy after RL: " + _versus(records, "logprob", "verifier", "accuracy_greedy")
       + ". Reference-answer perplexity: " + _versus(records, "logprob", "verifier", "answer_perplexity")
-      + ". Probability reward: " + _versus(records, "prob", "verifier", "accuracy_greedy") + ".",
+      + ". Probability reward: " + _versus(records, "prob", "verifier", "accuracy_greedy")
+      + ". Sampled accuracy (T = 1): " + _versus(records, "logprob", "verifier", "accuracy_sampled") + "; "
+      + _versus(records, "prob", "verifier", "accuracy_sampled") + ".",
       "**Long-answer task.** Greedy accuracy (the sentence's last integer) after RL: "
       + _versus(records, "long_logprob", "long_verifier", "accuracy_greedy") + "; "
       + _versus(records, "long_prob", "long_logprob", "accuracy_greedy") + ". Perplexity: "

@@ -61,7 +61,8 @@ def cot_lengths(tokenizer, actions: np.ndarray, mask: np.ndarray, marker: str) -
   out = np.zeros((actions.shape[0],), np.int32)
   for i, (row, m) in enumerate(zip(actions, mask)):
     tokens = row[: int(np.sum(m))].tolist()
-    decode = lambda n: tokenizer.decode(tokens[:n], skip_special_tokens=True)  # noqa: E731
+    # Special tokens stay in the text: a marker may be one (e.g. "</think>" in some vocabularies).
+    decode = lambda n: tokenizer.decode(tokens[:n], skip_special_tokens=False)  # noqa: E731
     if marker not in decode(len(tokens)):
       continue
     lo, hi = 1, len(tokens)  # invariant: decode(hi) holds the marker, decode(lo - 1) does not
