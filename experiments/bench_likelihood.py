@@ -9,7 +9,8 @@ is timed on freshly initialised parameters with `no_marker="append"`, so every r
 reference answer to score (a trained policy writes the marker itself). Parts, in seconds
 per step (median of `--repeats` after a warm-up step):
 - `sample_s`: the policy's sampler alone;
-- `splice_s`: decoding, finding the marker and splicing the reference answers (host side);
+- `splice_s`: finding the marker and splicing the reference answers (host side), on completions
+  that all have the marker (the task's worked solutions);
 - `teacher_forced_s`: one teacher-forced pass over the spliced rows (`T + max_answer_tokens`
   columns); the engine runs it once per step for the old log-probs and the sampler gap, and
   the reward reads it, so the reward adds no forward pass of its own;
@@ -32,6 +33,7 @@ from configs import likelihood_rewards
 from jaxrl_reward import experiment as experiment_lib
 from jaxrl_reward import sharding
 from jaxrl_reward import stages
+from jaxrl_reward.rewards import scoring
 
 _VARIANT = flags.DEFINE_enum("variant", "", ["", "long"], "Config variant (the verifier one is `verifier`/`long_verifier`).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps after the warm-up step.")
@@ -79,14 +81,22 @@ def main(argv):
   examples = ctx.task.train[:rl.prompts]
   conditions, local = stages.prompt_groups(ctx, examples, rl.group_size)
   key = jax.random.PRNGKey(0)
+  sampled = policy.sample(params, conditions, key)
   sample_s = _median(lambda: policy.sample(params, conditions, key).actions, repeats)
-  spliced = {}
-
-  def sample_and_splice():
-    spliced["rollout"] = rl._sample(params, conditions, local, key)[0]
-    return spliced["rollout"].actions
-  splice_s = _median(sample_and_splice, repeats) - sample_s
-  rollout = spliced["rollout"]
+  # The splice on completions that have the marker (the task's worked solutions, as a trained
+  # policy writes them): the marker search then runs its binary search on every row.
+  t = sampled.actions.shape[1]
+  actions = np.full(sampled.actions.shape, policy.pad_id, np.int32)
+  mask = np.zeros(sampled.actions.shape, np.float32)
+  for i, e in enumerate(local):
+    ids = policy.tokenizer.encode(e["solution"], add_special_tokens=False)[:t - 1] + [policy.eos_id]
+    actions[i, :len(ids)], mask[i, :len(ids)] = ids, 1.0
+  with_marker = sampled.replace(actions=jax.numpy.asarray(actions), mask=jax.numpy.asarray(mask))
+  columns = scoring.columns_of(local)
+  splice_s = _median(lambda: rl.rewards.prepare(with_marker, policy=policy, task=ctx.task, columns=columns)[0].actions,
+                     repeats)
+  rollout, stats = rl.rewards.prepare(with_marker, policy=policy, task=ctx.task, columns=columns)
+  assert stats["train/rewards/likelihood/marker_frac"] == 1.0
   teacher_forced_s = _median(lambda: policy.compute_logprobs(params, rollout), repeats)
   step_s = _step_time(rl, state, repeats)
   _, verifier_rl, verifier_state = _rl("long_verifier" if variant == "long" else "verifier")

@@ -33,6 +33,9 @@ def _rollout(seed=0) -> Rollout:
   mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float32)
   prompt_mask = np.ones((B, P), np.int32)
   prompt_mask[::3, :2] = 0
+  # The likelihood objective's layout: two reference-answer tokens after each row's chain of thought.
+  answer_mask = ((np.arange(T)[None, :] >= lengths[:, None]) & (np.arange(T)[None, :] < lengths[:, None] + 2))
+  answer_mask = answer_mask.astype(np.float32)
   f = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
   return Rollout(
       actions=rng.integers(1, 64, (B, T)).astype(np.int32), mask=mask, old_logp=(f(B, T) * 0.1 - 3) * mask,
@@ -40,7 +43,8 @@ def _rollout(seed=0) -> Rollout:
       ref_logp=(f(B, T) * 0.1 - 3) * mask,
       extras={"prompt_ids": rng.integers(1, 64, (B, P)).astype(np.int32), "prompt_mask": prompt_mask,
               "labels": (rng.random(B) > 0.5).astype(np.float32), "returns": f(B, T) * mask,
-              "old_values": f(B, T) * 0.1 * mask})
+              "old_values": f(B, T) * 0.1 * mask, "answer_mask": answer_mask,
+              "token_mask": np.maximum(mask, answer_mask)})
 
 
 def _scorer_and_params(inputs: str, mesh):
