@@ -167,8 +167,49 @@ def _running_values(operands: Sequence[int], ops: Sequence[str]) -> list[int]:
   return values
 
 
+class SeededSplits:
+  """Disjoint, seeded train / eval splits of distinct prompts, for a frozen dataclass with `seed`,
+  `num_train`, `num_eval` and `_draw(rng) -> example or None` (None: draw again)."""
+
+  def _generate(self) -> list[Example]:
+    """Draws `num_train + num_eval` distinct examples, in a seed-determined order."""
+    rng = np.random.default_rng(self.seed)
+    total = self.num_train + self.num_eval
+    seen: set[str] = set()
+    examples: list[Example] = []
+    attempts, max_attempts = 0, 100 * total + 1000
+    while len(examples) < total:
+      attempts += 1
+      if attempts > max_attempts:
+        raise ValueError(f"could not draw {total} distinct prompts from {self!r}; lower num_train / num_eval "
+                         "or widen the value range")
+      example = self._draw(rng)
+      if example is None or example["prompt"] in seen:
+        continue
+      seen.add(example["prompt"])
+      examples.append(example)
+    return examples
+
+  @functools.cached_property
+  def _examples(self) -> tuple[Example, ...]:
+    return tuple(self._generate())
+
+  def splits(self) -> tuple[list[Example], list[Example]]:
+    """Returns `(train, eval)` lists of example dicts (fresh copies)."""
+    examples = [dict(ex) for ex in self._examples]
+    return examples[:self.num_train], examples[self.num_train:]
+
+  @property
+  def train(self) -> list[Example]:
+    return self.splits()[0]
+
+  @property
+  def eval(self) -> list[Example]:
+    return self.splits()[1]
+
+
 @dataclasses.dataclass(frozen=True)
-class ArithmeticTask:
+class ArithmeticTask(SeededSplits):
   """Synthetic arithmetic task: disjoint, seeded train / eval splits.
 
   Attributes:
@@ -207,45 +248,12 @@ class ArithmeticTask:
       raise ValueError(f"num_train + num_eval = {self.num_train + self.num_eval} exceeds the {space} "
                        "distinct prompts of this task")
 
-  def _generate(self) -> list[Example]:
-    """Draws `num_train + num_eval` distinct examples, in a seed-determined order."""
-    rng = np.random.default_rng(self.seed)
-    total = self.num_train + self.num_eval
-    seen: set[str] = set()
-    examples: list[Example] = []
-    attempts, max_attempts = 0, 100 * total + 1000
-    while len(examples) < total:
-      attempts += 1
-      if attempts > max_attempts:
-        raise ValueError(f"could not draw {total} distinct prompts (allow_negative={self.allow_negative}); "
-                         "lower num_train / num_eval or widen the value range")
-      operands = [int(v) for v in rng.integers(self.min_value, self.max_value + 1, size=self.num_operands)]
-      ops = [self.operations[i] for i in rng.integers(0, len(self.operations), size=self.num_operands - 1)]
-      if not self.allow_negative and min(_running_values(operands, ops)) < 0:
-        continue
-      example = make_example(operands, ops)
-      if example["prompt"] in seen:
-        continue
-      seen.add(example["prompt"])
-      examples.append(example)
-    return examples
-
-  @functools.cached_property
-  def _examples(self) -> tuple[Example, ...]:
-    return tuple(self._generate())
-
-  def splits(self) -> tuple[list[Example], list[Example]]:
-    """Returns `(train, eval)` lists of `{"prompt", "answer", "solution"}` dicts (fresh copies)."""
-    examples = [dict(ex) for ex in self._examples]
-    return examples[:self.num_train], examples[self.num_train:]
-
-  @property
-  def train(self) -> list[Example]:
-    return self.splits()[0]
-
-  @property
-  def eval(self) -> list[Example]:
-    return self.splits()[1]
+  def _draw(self, rng: np.random.Generator) -> Example | None:
+    operands = [int(v) for v in rng.integers(self.min_value, self.max_value + 1, size=self.num_operands)]
+    ops = [self.operations[i] for i in rng.integers(0, len(self.operations), size=self.num_operands - 1)]
+    if not self.allow_negative and min(_running_values(operands, ops)) < 0:
+      return None
+    return make_example(operands, ops)
 
   def datasets(self):
     """Returns `(train, eval)` as `datasets.Dataset` with columns prompt, answer, solution."""

@@ -43,7 +43,6 @@ seed and the task parameters, as in `arithmetic.ArithmeticTask`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Sequence
 
 import numpy as np
@@ -182,7 +181,7 @@ def first_error(labels: Sequence[int]) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class ChainSumsTask:
+class ChainSumsTask(arithmetic.SeededSplits):
   """Chain-sum task: disjoint, seeded train / eval splits.
 
   Attributes:
@@ -215,43 +214,11 @@ class ChainSumsTask:
       raise ValueError(f"num_train + num_eval = {self.num_train + self.num_eval} exceeds the {space} "
                        "distinct prompts of this task")
 
-  def _generate(self) -> list[Example]:
-    """Draws `num_train + num_eval` distinct examples, in a seed-determined order."""
-    rng = np.random.default_rng(self.seed)
-    total = self.num_train + self.num_eval
-    seen: set[str] = set()
-    examples: list[Example] = []
-    attempts, max_attempts = 0, 100 * total + 1000
-    while len(examples) < total:
-      attempts += 1
-      if attempts > max_attempts:
-        raise ValueError(f"could not draw {total} distinct prompts; lower num_train / num_eval "
-                         "or widen max_value / the term range")
-      k = int(rng.integers(self.min_terms, self.max_terms + 1))
-      operands = [int(v) for v in rng.integers(0, self.max_value + 1, size=k)]
-      ops = [OPERATIONS[i] for i in rng.integers(0, len(OPERATIONS), size=k - 1)]
-      example = make_example(operands, ops)
-      if example["prompt"] not in seen:
-        seen.add(example["prompt"])
-        examples.append(example)
-    return examples
-
-  @functools.cached_property
-  def _examples(self) -> tuple[Example, ...]:
-    return tuple(self._generate())
-
-  def splits(self) -> tuple[list[Example], list[Example]]:
-    """Returns `(train, eval)` lists of example dicts (fresh copies)."""
-    examples = [dict(ex) for ex in self._examples]
-    return examples[:self.num_train], examples[self.num_train:]
-
-  @property
-  def train(self) -> list[Example]:
-    return self.splits()[0]
-
-  @property
-  def eval(self) -> list[Example]:
-    return self.splits()[1]
+  def _draw(self, rng: np.random.Generator) -> Example:
+    k = int(rng.integers(self.min_terms, self.max_terms + 1))
+    operands = [int(v) for v in rng.integers(0, self.max_value + 1, size=k)]
+    ops = [OPERATIONS[i] for i in rng.integers(0, len(OPERATIONS), size=k - 1)]
+    return make_example(operands, ops)
 
 
 def build_task(task_config, seed: int) -> Task:
