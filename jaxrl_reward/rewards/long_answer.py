@@ -51,15 +51,8 @@ def long_answer_exact(
     ValueError when the `answer` column is missing: a configuration error, not a zero reward.
   """
   del prompts, result, kwargs
-  if answer is None:
-    raise ValueError("long_answer_exact needs the dataset column 'answer' (got answer=None)")
-  rewards: list[float | None] = []
-  for completion, expected in zip(completions, answer, strict=True):
-    if _missing(expected):
-      rewards.append(None)
-      continue
-    rewards.append(1.0 if final_text(completion_text(completion)) == str(expected) else 0.0)
-  return rewards
+  return _score_each("long_answer_exact", "answer", answer, completions,
+                     lambda text, expected: text == str(expected))
 
 
 @register_reward("long_answer_result")
@@ -87,14 +80,17 @@ def long_answer_result(
     ValueError when the `result` column is missing: a configuration error, not a zero reward.
   """
   del prompts, answer, kwargs
-  if result is None:
-    raise ValueError("long_answer_result needs the dataset column 'result' (got result=None)")
-  rewards: list[float | None] = []
-  for completion, expected in zip(completions, result, strict=True):
-    if _missing(expected):
-      rewards.append(None)
-      continue
-    text = final_text(completion_text(completion))
+
+  def same_number(text, expected):
     numbers = _INTEGER.findall(text) if text is not None else []
-    rewards.append(1.0 if numbers and int(numbers[-1]) == int(str(expected).strip()) else 0.0)
-  return rewards
+    return bool(numbers) and int(numbers[-1]) == int(str(expected).strip())
+  return _score_each("long_answer_result", "result", result, completions, same_number)
+
+
+def _score_each(name: str, column: str, values, completions, match) -> list[float | None]:
+  """1.0 / 0.0 per completion from `match(final text, expected)`; None where the expected value is
+  missing; an error naming the reward when the column is absent."""
+  if values is None:
+    raise ValueError(f"{name} needs the dataset column {column!r} (got {column}=None)")
+  return [None if _missing(expected) else (1.0 if match(final_text(completion_text(c)), expected) else 0.0)
+          for c, expected in zip(completions, values, strict=True)]
