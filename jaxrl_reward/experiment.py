@@ -35,7 +35,7 @@ from jaxrl_reward import provenance
 from jaxrl_reward import sharding
 from jaxrl_reward import stages as stages_lib
 from jaxrl_reward.data import tasks as tasks_lib
-from jaxrl_reward.state import Roles
+from jaxrl_reward.state import Roles, model_kind
 from objectives import estimators
 from objectives import registry
 
@@ -46,10 +46,10 @@ class Experiment:
   def __init__(self, config, *, mesh=None):
     self.config = config
     check_config(config)
-    known = stages_lib.registry()
+    known = stages_lib.registry(model_kind(config))
     task = tasks_lib.build_task(config.task, seed=config.seed)
     mesh = sharding.mesh_from_config(config) if mesh is None else mesh
-    self.context = stages_lib.Context(config, task, Roles(config, task.tokenizer, mesh))
+    self.context = stages_lib.Context(config, task, Roles(config, task.tokenizer, mesh, task=task))
     stages_lib.check_divides("eval.batch_size", config.eval.batch_size, self.context.placement.batch_shards)
     self.stages: list[stages_lib.Stage] = []
     start = 0
@@ -198,6 +198,8 @@ class Experiment:
         if done == stage.end or (stage.eval_every and (done - stage.start) % stage.eval_every == 0):
           evaluation = stage.evaluate(state, done)
           logger.log(done, {**evaluation, "eval/stage": float(i)})
+          if done == stage.end:
+            stage.save_artifacts(state, workdir, done)
           postfix.update({k.split("/")[-1]: v for k, v in evaluation.items() if "accuracy" in k})
         if done == stage.end and i + 1 < len(self.stages):
           state = self.stages[i + 1].enter(state)
@@ -229,7 +231,8 @@ class Experiment:
         "objective": {"name": cfg.objective.name,
                       "options": registry.resolve_options(cfg.objective.name, cfg.objective.options)},
         **({"advantage": {"estimator": cfg.advantage.estimator, "options": estimators.resolve_options(
-            cfg.advantage.estimator, cfg.advantage.get("options") or {})}} if "rl" in cfg.stages else {})}
+            cfg.advantage.estimator, cfg.advantage.get("options") or {})}}
+           if "rl" in cfg.stages and cfg.advantage.estimator in estimators.names() else {})}
 
   def summarise(self, workdir) -> dict[str, Any]:
     """The results table (the last evaluation of each stage) -> results.md/json and the plot."""
@@ -273,7 +276,7 @@ class ConfigMismatch(ValueError):
 def check_config(config) -> None:
   """Every check that needs only the config (names, options, batch arithmetic), in seconds:
   `Experiment` runs it before building the task and the models."""
-  known = stages_lib.registry()
+  known = stages_lib.registry(model_kind(config))
   names = tuple(config.stages)
   unknown = [n for n in names if n not in known]
   if not names or unknown:

@@ -13,7 +13,9 @@ it, `opt_state`:
   when the objective, a reward or another role's objective reads reference log-probs.
 - Further roles come from `config.roles.<name>`: `kind` "lm" (a language model, scored by
   its log-probs: a process reward model) or "value" (`models.value.ValueModel`, scored by
-  its values: a critic); `init` "policy" (a copy of the policy when the role is created; for
+  its values: a critic), or in a diffusion run (`config.model.kind="diffusion"`) "image"
+  (`models.image_classifier.ImageClassifier`: a reward model or a guard, with
+  `options.target` "class" or "thickness", trained by the pre-training stage); `init` "policy" (a copy of the policy when the role is created; for
   a value model, the backbone) or "random"; `trainable`, with its `objective`, `options`
   and learning rate `lr`.
 
@@ -33,13 +35,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrl_reward import sharding
+from jaxrl_reward.policies import diffusion as diffusion_policy
 from jaxrl_reward.policies import lm
+from models import diffusion
+from models import image_classifier
 from models import transformer
 from models import value as value_model
 
 POLICY = "policy"
 REFERENCE = "reference"
-KINDS = ("lm", "value")
+KINDS = ("lm", "value", "image")
+MODEL_KINDS = ("lm", "diffusion")
 INITS = ("policy", "random")
 
 
@@ -74,8 +80,20 @@ def role_specs(config) -> dict[str, RoleSpec]:
     if spec.trainable and not spec.objective:
       raise ValueError(f"config.roles.{name} is trainable but names no objective "
                        f"(config.roles.{name}.objective)")
+    if (spec.kind == "image") != (model_kind(config) == "diffusion"):
+      raise ValueError(f"config.roles.{name}.kind={spec.kind!r} does not fit config.model.kind="
+                       f"{model_kind(config)!r} (image roles go with diffusion runs, lm and value roles with "
+                       "language models)")
     specs[name] = spec
   return specs
+
+
+def model_kind(config) -> str:
+  """`config.model.kind`: "lm" (default) or "diffusion"."""
+  kind = config.model.get("kind", "lm")
+  if kind not in MODEL_KINDS:
+    raise ValueError(f"config.model.kind={kind!r} is not one of {MODEL_KINDS}")
+  return kind
 
 
 @dataclasses.dataclass
@@ -97,15 +115,18 @@ def _seed(base: int, name: str) -> int:
 class Roles:
   """Every role of a config, built on `mesh` (see the module docstring)."""
 
-  def __init__(self, config, tokenizer, mesh):
+  def __init__(self, config, tokenizer, mesh, *, task=None):
     self.config = config
     self.mesh = mesh
     self.rules = sharding.rules_from_config(config)
     self.tokenizer = tokenizer
     self.specs = {POLICY: RoleSpec(POLICY, trainable=True), REFERENCE: RoleSpec(REFERENCE),
                   **role_specs(config)}
-    self.model_config, policy_graphdef, policy_init = self._policy_structure()
     self.roles: dict[str, Role] = {}
+    if model_kind(config) == "diffusion":
+      self._diffusion_roles(task)
+      return
+    self.model_config, policy_graphdef, policy_init = self._policy_structure()
     for name, spec in self.specs.items():
       if spec.kind == "value":
         self.roles[name] = self._value_role(spec)
@@ -186,6 +207,40 @@ class Roles:
         return params
       init = functools.partial(_from_policy, jax.jit(with_backbone, out_shardings=placement.params))
     return Role(spec, graphdef, placement, lm.ValueHead(graphdef, placement), init, abstract)
+
+  def _diffusion_roles(self, task) -> None:
+    """Policy and reference: a `models.diffusion.Denoiser`; extra roles: image models."""
+    cfg = self.config
+    if task is None or not hasattr(task, "image_shape"):
+      raise ValueError("a diffusion run (config.model.kind='diffusion') needs an image task "
+                       "(config.task.name 'digits' or 'mnist_subset')")
+    size, _, channels = task.image_shape
+    self.model_config = diffusion.get_config(cfg.model.name, image_size=size, channels=channels,
+                                             num_conditions=task.num_conditions)
+    d = cfg.diffusion
+    schedule = diffusion.linear_schedule(int(d.get("train_steps", 1000)))
+    for name, spec in self.specs.items():
+      if spec.kind == "image":
+        target = dict(spec.options).get("target", "class")
+        model_cfg = image_classifier.ClassifierConfig(image_size=size, channels=channels,
+                                                      outputs=10 if target == "class" else 1)
+        make = lambda m=model_cfg, n=name: image_classifier.ImageClassifier(m, rngs=nnx.Rngs(_seed(cfg.seed, n)))  # noqa: E731
+      else:  # the policy (a fresh model from config.seed) and the reference (a copy of it)
+        make = lambda: diffusion.Denoiser(self.model_config, rngs=nnx.Rngs(cfg.seed))  # noqa: E731
+      graphdef, abstract, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+      _no_state(rest)
+      placement = self._placement(abstract)
+      if name == REFERENCE:
+        init = functools.partial(_from_policy, jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                                                       out_shardings=placement.params))
+      else:
+        fresh = jax.jit(lambda make=make: nnx.split(make(), nnx.Param, ...)[1], out_shardings=placement.params)
+        init = lambda state, fresh=fresh: fresh()  # noqa: E731
+      scorer = (diffusion_policy.ImageModel(graphdef, placement) if spec.kind == "image" else
+                diffusion_policy.DiffusionPolicy(graphdef, placement, schedule, num_steps=int(d.num_steps),
+                                                 eta=float(d.eta), guidance=float(d.guidance),
+                                                 step_chunk=int(d.get("step_chunk", 0))))
+      self.roles[name] = Role(spec, graphdef, placement, scorer, init, abstract)
 
   # -- state -----------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from jaxrl_reward.data import arithmetic, arithmetic_long, chain_sums
+from jaxrl_reward.data import arithmetic, arithmetic_long, chain_sums, image_task
 from jaxrl_reward.data import tokenizer as tokenizer_lib
 from jaxrl_reward.data.task import AnswerFormat, Task
 
@@ -44,6 +44,8 @@ TASKS: dict[str, Callable[[Any, int], Task]] = {
     "chain_sums": chain_sums.build_task,
     "reasoning_gym": _reasoning_gym,
     "math_file": _math_file,
+    "digits": image_task.build_task,
+    "mnist_subset": image_task.build_task,
 }
 
 

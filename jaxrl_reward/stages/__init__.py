@@ -9,6 +9,10 @@ Each stage kind is one short file over the shared state (a dict of roles, see
 - `reward_model`: a reward / process-reward role trained with `config.objective` on the
   policy's samples labelled by the verifier (`config.reward_model`).
 
+A diffusion run (`config.model.kind="diffusion"`) has its own two kinds: `pretrain` (the
+denoiser and the image reward / guard models on the task's images) and `rl` (trajectories of
+the DDIM sampler, image rewards, the same objectives and learner).
+
 A stage is built once from the config (`STAGES[name](context, start)`, where `start` is the
 global step it begins at) and offers:
 
@@ -88,6 +92,9 @@ class Stage:
   def evaluate(self, state, step: int) -> dict[str, float]:
     return evaluation.policy_accuracy(self.ctx, state["policy"]["params"], step)
 
+  def save_artifacts(self, state, workdir, step: int) -> None:
+    """Files beside the metrics at the end of the stage (e.g. sample grids); called on every process."""
+
 
 def check_divides(name: str, rows: int, shards: int) -> None:
   """A batch of `rows` must divide over the mesh's batch shards; the error names the key."""
@@ -125,6 +132,10 @@ def abstract_rollout(config, rows: int, *, per_step: tuple[str, ...] = (), per_r
                  extras=extras)
 
 
-def registry() -> dict[str, type]:
+def registry(kind: str = "lm") -> dict[str, type]:
+  """The stage kinds of a model kind (`config.model.kind`): "lm" or "diffusion"."""
+  if kind == "diffusion":
+    from jaxrl_reward.stages import diffusion_rl, pretrain  # noqa: PLC0415
+    return {"pretrain": pretrain.Pretrain, "rl": diffusion_rl.DiffusionRL}
   from jaxrl_reward.stages import reward_model, rl, sft  # noqa: PLC0415
   return {"sft": sft.SFT, "rl": rl.RL, "reward_model": reward_model.RewardModel}
