@@ -62,6 +62,8 @@ class Experiment:
     if not self.stages:
       raise ValueError(f"config.stages={tuple(config.stages)!r}: every stage has 0 steps")
     self.total_steps = start
+    if config.get("init_from", ""):
+      self.check_init_from(config.init_from)
 
   @property
   def roles(self) -> Roles:
@@ -85,7 +87,33 @@ class Experiment:
     raise KeyError(f"no stage {name!r} with steps in this run; its stages: {[s.name for s in self.stages]}")
 
   def initial_state(self):
-    return self.stages[0].enter({})
+    """The first stage's state: fresh, or built on the trained roles of `config.init_from`."""
+    source = self.config.get("init_from", "")
+    return self.stages[0].enter(self.trained_roles(source) if source else {})
+
+  def check_init_from(self, workdir) -> pathlib.Path:
+    """Raises unless `workdir` holds a run of this config's models and data (see `trained_roles`)."""
+    workdir = pathlib.Path(workdir)
+    if not (workdir / provenance.CONFIG_FILE).is_file():
+      raise FileNotFoundError(f"config.init_from={str(workdir)!r} holds no run ({provenance.CONFIG_FILE} missing)")
+    changes = provenance.config_changes(workdir, self.config)
+    differ = sorted(k for k in changes if k.split(".")[0] in INIT_FROM_BLOCKS)
+    if differ:
+      raise ConfigMismatch(f"config.init_from={str(workdir)!r} was trained with other models or data: "
+                           + "; ".join(f"{k}: {changes[k][0]!r} there, {changes[k][1]!r} here" for k in differ))
+    return workdir
+
+  def trained_roles(self, workdir) -> dict[str, Any]:
+    """`{role: {"params": ...}}` of the newest checkpoint of the run in `workdir`, for the roles this
+    run has: a run of the same models (the `INIT_FROM_BLOCKS` of its config.json equal this
+    config's) whose stages (e.g. only pre-training) this run continues with others."""
+    workdir = self.check_init_from(workdir)
+    stages = json.loads((workdir / provenance.CONFIG_FILE).read_text(encoding="utf-8"))["stages"]
+    source = self.config.copy_and_resolve_references()
+    with source.unlocked():
+      source.stages, source.init_from = tuple(stages), ""
+    state, _ = Experiment(source, mesh=self.mesh).restore(workdir)
+    return {n: {"params": v["params"]} for n, v in state.items() if n in self.roles.specs and "params" in v}
 
   def abstract_state(self, step: int):
     """ShapeDtypeStructs (with target shardings) of the state a checkpoint of `step` holds."""
@@ -269,6 +297,10 @@ def _peer_failures(watch: peers.PeerWatch):
     raise
 
 
+# The config blocks a run continued from `config.init_from` must share with it (its models and data).
+INIT_FROM_BLOCKS = ("model", "task", "roles", "diffusion", "pretrain", "warmup", "seed")
+
+
 class ConfigMismatch(ValueError):
   """The workdir holds a run that this config cannot resume as it stands."""
 
@@ -283,7 +315,7 @@ def check_config(config) -> None:
     raise ValueError(f"config.stages={names!r}: unknown stage(s) {unknown}; known: {sorted(known)}")
   # config.objective trains the run's RL or reward-model stage: it must be of that stage.
   kind = registry.spec(config.objective.name).stage
-  if kind not in names:
+  if kind not in names and {"rl", "reward_model"} & set(names):
     raise ValueError(f"config.objective.name={config.objective.name!r} is an objective of the {kind!r} stage, "
                      f"but config.stages={tuple(names)!r} has no {kind!r} stage; objectives of its stages: "
                      f"{[n for s in names for n in registry.names(s)]}")

@@ -34,7 +34,8 @@ import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-DEFAULT_PLOT_KEYS = ("train/reward", "eval/accuracy_greedy", "eval/accuracy_sampled")
+DEFAULT_PLOT_KEYS = ("train/reward", "eval/accuracy_greedy", "eval/accuracy_sampled", "eval/reward", "eval/guard",
+                     "loss/pretrain_policy")
 NONFINITE_KEY = "nonfinite"  # per line: name -> "nan" / "inf" / "-inf" of each value written as null
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 

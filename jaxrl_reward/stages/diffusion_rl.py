@@ -75,6 +75,7 @@ def _settings(config):
 
 class DiffusionRL(stages.Stage):
   name = "rl"
+  evaluates_initial_policy = True  # a run that starts here (config.init_from) measures its start
   check_config = staticmethod(_settings)
 
   def __init__(self, context: stages.Context, start: int):
