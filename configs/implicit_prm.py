@@ -11,15 +11,27 @@ reports how well the PRM's outcome score orders correct above incorrect held-out
 
     python -m experiments.train --config=configs/implicit_prm.py:tiny --workdir=/tmp/implicit_prm
 
-Variants: (none) minutes on 2 CPU cores; tiny: seconds, for tests.
+Variants: (none) minutes on 2 CPU cores; tiny: seconds, for tests; chain_sums (and
+chain_sums_tiny): the multi-step chain-of-sums task (`data/chain_sums.py`), one step per line,
+whose step boundaries and (for evaluation only) step correctness are known, the setting of
+`experiments/prm_best_of_n.py` (Best-of-N reranking and step-error localisation).
 """
 from ml_collections import config_dict
 
 from configs import grpo_arithmetic
 
 
+VARIANTS = ("tiny", "chain_sums", "chain_sums_tiny")
+
+
+def chain_sums_task(c: config_dict.ConfigDict) -> None:
+  """The chain-of-sums task (3 to 5 operands in 0..99) in place of the arithmetic task."""
+  c.task = config_dict.ConfigDict(dict(name="chain_sums", num_train=8000, num_eval=256, max_value=99, min_terms=3,
+                                       max_terms=5, max_prompt_length=16, max_completion_length=64))
+
+
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
-  c = grpo_arithmetic.get_config("tiny" if variant == "tiny" else None)
+  c = grpo_arithmetic.get_config("tiny" if variant in ("tiny", "chain_sums_tiny") else None)
   c.stages = ("sft", "reward_model")
   c.objective.name = "implicit_prm_ce"
   c.roles.prm = config_dict.ConfigDict(dict(kind="lm", init="policy", trainable=True, objective="implicit_prm_ce",
@@ -37,6 +49,16 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
     c.reward_model.steps = 3
     c.reward_model.eval_every = 0
     c.task.num_eval = 8
+  elif variant == "chain_sums":
+    chain_sums_task(c)
+    c.warmup.steps = 300  # short: the warmed-up policy still slips, so outcomes are mixed
+    c.task.num_eval = 64
+  elif variant == "chain_sums_tiny":
+    chain_sums_task(c)
+    c.model.name = "micro"
+    c.task.num_train, c.task.num_eval = 512, 8
+    c.reward_model.steps = 3
+    c.reward_model.eval_every = 0
   else:
-    raise ValueError(f"unknown variant {variant!r} of configs/implicit_prm.py; known: tiny")
+    raise ValueError(f"unknown variant {variant!r} of configs/implicit_prm.py; known: {VARIANTS}")
   return c

@@ -295,15 +295,19 @@ def run_one(reproduction: Reproduction, spec: RunSpec, seed: int, workdir: pathl
 
 
 def run_reproduction(reproduction: Reproduction, *, seeds: int | None = None, quick: bool = False,
-                     root: str | os.PathLike = DEFAULT_ROOT,
+                     only: Sequence[str] = (), root: str | os.PathLike = DEFAULT_ROOT,
                      results_dir: str | os.PathLike = DEFAULT_RESULTS_DIR,
                      echo: Callable[[str], None] = print) -> list[Record]:
   """Runs every (spec, seed) of the reproduction (or of its quick variant), one after the other.
 
   Each finished run's line is appended to the results file at once, so an interrupted
-  reproduction keeps the runs it finished.
+  reproduction keeps the runs it finished; `only` (run labels) runs just those.
   """
   specs = reproduction.quick if quick else reproduction.runs
+  unknown = sorted(set(only) - {s.label for s in specs})
+  if unknown:
+    raise ValueError(f"--runs: {unknown} are not runs of {reproduction.name!r}: {[s.label for s in specs]}")
+  specs = tuple(s for s in specs if not only or s.label in only)
   if not specs:
     raise ValueError(f"reproduction {reproduction.name!r} has no {'quick ' if quick else ''}runs")
   seeds = (reproduction.quick_seeds if quick else reproduction.seeds) if seeds is None else seeds
@@ -908,6 +912,8 @@ _QUICK = flags.DEFINE_bool("quick", False, "Run the reproduction's small variant
 _ROOT = flags.DEFINE_string("root", DEFAULT_ROOT, "Workdirs go to <root>/<NAME>/<label>/seed<S>.")
 _RESULTS_DIR = flags.DEFINE_string("results_dir", DEFAULT_RESULTS_DIR, "Where the kept lines and plots go.")
 _OUTPUT = flags.DEFINE_string("output", DEFAULT_OUTPUT, "The generated Markdown document.")
+_RUNS = flags.DEFINE_list("runs", [], "Only these run labels (default: all), e.g. to finish an interrupted "
+                          "reproduction.")
 _RENDER_ONLY = flags.DEFINE_bool("render_only", False, "Re-render the document from the kept lines; "
                                  "run nothing.")
 
@@ -923,7 +929,7 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   if reproduction is not None and not _RENDER_ONLY.value:
-    run_reproduction(reproduction, seeds=_SEEDS.value, quick=_QUICK.value, root=_ROOT.value,
+    run_reproduction(reproduction, seeds=_SEEDS.value, quick=_QUICK.value, only=_RUNS.value, root=_ROOT.value,
                      results_dir=_RESULTS_DIR.value)
   render_document(_RESULTS_DIR.value, _OUTPUT.value)
   print(f"wrote {_display(_from_repo(_OUTPUT.value))}")

@@ -97,7 +97,7 @@ class Experiment:
     if not (workdir / provenance.CONFIG_FILE).is_file():
       raise FileNotFoundError(f"config.init_from={str(workdir)!r} holds no run ({provenance.CONFIG_FILE} missing)")
     changes = provenance.config_changes(workdir, self.config)
-    differ = sorted(k for k in changes if k.split(".")[0] in INIT_FROM_BLOCKS)
+    differ = sorted(k for k in changes if k.split(".")[0] in INIT_FROM_BLOCKS and k not in INIT_FROM_FREE)
     if differ:
       raise ConfigMismatch(f"config.init_from={str(workdir)!r} was trained with other models or data: "
                            + "; ".join(f"{k}: {changes[k][0]!r} there, {changes[k][1]!r} here" for k in differ))
@@ -299,6 +299,7 @@ def _peer_failures(watch: peers.PeerWatch):
 
 # The config blocks a run continued from `config.init_from` must share with it (its models and data).
 INIT_FROM_BLOCKS = ("model", "task", "roles", "diffusion", "pretrain", "warmup", "seed")
+INIT_FROM_FREE = ("task.num_prompts",)  # which conditions the RL stage samples: not part of the models
 
 
 class ConfigMismatch(ValueError):

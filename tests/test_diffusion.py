@@ -243,3 +243,72 @@ def test_a_diffusion_run_on_8_devices_matches_one_device():
     for k in a:
       np.testing.assert_allclose(b[k], a[k], rtol=2e-3, atol=2e-4, err_msg=k)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(y, x, rtol=1e-3, atol=1e-4), params_one, params_eight)
+
+
+def test_jpeg_rewards_follow_ddpo_definition():
+  from jaxrl_reward.rewards import images as image_rewards
+  flat = -np.ones((1, 28, 28, 1), np.float32)
+  noise = np.random.default_rng(0).uniform(-1, 1, (1, 28, 28, 1)).astype(np.float32)
+  sizes = image_rewards.jpeg_kilobytes(np.concatenate([flat, noise]))
+  assert sizes[1] > 2 * sizes[0] > 0  # noise does not compress
+  # uint8 rounding as DDPO: -1 -> 0, 1 -> 255, 0 -> 128 (127.5 rounds to even)
+  np.testing.assert_array_equal(image_rewards.to_uint8(np.asarray([-1.0, 1.0, 0.0, 2.0])), [0, 255, 128, 255])
+
+
+def test_config_variants_bring_their_objective_and_options():
+  c = prdp_digits.get_config("large,ddpo")
+  assert c.objective.name == "ddpo" and c.advantage.estimator == "per_prompt_running"
+  assert dict(c.objective.options) == {"clip_eps": 1e-4, "adv_clip_max": 5.0}
+  assert c.rollout.prompts_per_step == 10 and c.train.num_iterations == 1
+  assert dict(prdp_digits.get_config("rdp").objective.options) == {"beta": prdp_digits.BETA}
+  with pytest.raises(ValueError, match="unknown variant 'nope'"):
+    prdp_digits.get_config("large,nope")
+
+
+@pytest.mark.slow
+def test_a_run_starts_from_the_trained_roles_of_init_from(tmp_path):
+  pre = tiny_config(**{"stages": ("pretrain",)})
+  experiment_lib.Experiment(pre, mesh=support.one_device()).run(tmp_path / "pre")
+  source = experiment_lib.Experiment(pre, mesh=support.one_device())
+  trained, _ = source.restore(tmp_path / "pre")
+  rl = experiment_lib.Experiment(tiny_config(**{"stages": ("rl",), "init_from": str(tmp_path / "pre")}),
+                                 mesh=support.one_device())
+  state = rl.initial_state()
+  for role in ("policy", "reference", "reward_model", "guard"):  # the reference is the pre-trained policy
+    jax.tree.map(np.testing.assert_array_equal, state[role]["params"],
+                 trained["policy" if role == "reference" else role]["params"])
+  with pytest.raises(experiment_lib.ConfigMismatch, match="model.name: 'dit_tiny' there, 'dit_small' here"):
+    experiment_lib.Experiment(tiny_config(**{"stages": ("rl",), "init_from": str(tmp_path / "pre"),
+                                             "model.name": "dit_small"}), mesh=support.one_device())
+  with pytest.raises(FileNotFoundError, match="holds no run"):
+    experiment_lib.Experiment(tiny_config(**{"stages": ("rl",), "init_from": str(tmp_path / "none")}),
+                              mesh=support.one_device())
+
+
+def test_jpeg_rewards_score_a_policy_batch(rl_batch):
+  from jaxrl_reward.rewards import images as image_rewards
+  rl, state, rollout, _ = rl_batch
+  config = tiny_config(**{"rewards.names": ("jpeg_incompressibility", "jpeg_compressibility"),
+                          "rewards.weights": (1.0, 0.5)})
+  rewards = image_rewards.ImageRewards(config.rewards, rl.ctx.roles, num_styles=1)
+  images = rl.ctx.roles.policy.images(rollout)
+  total, parts = rewards.score(state, images, rollout["conditions"])
+  sizes = image_rewards.jpeg_kilobytes(np.asarray(images))
+  np.testing.assert_allclose(parts["jpeg_incompressibility"], sizes, rtol=1e-6)
+  np.testing.assert_allclose(parts["jpeg_compressibility"], -sizes, rtol=1e-6)
+  np.testing.assert_allclose(total, 0.5 * sizes, rtol=1e-5)
+  assert parts["guard"].shape == (rollout.num_rows,) and np.all((0 <= parts["guard"]) & (parts["guard"] <= 1))
+
+
+@pytest.mark.slow
+def test_the_mnist_variant_runs_with_120_conditions(tmp_path):
+  c = prdp_digits.get_config("mnist")
+  support.with_keys(c, **{"pretrain.steps": 1, "pretrain.batch_size": 8, "train.steps": 1, "rollout.prompts_per_step": 2,
+                          "rollout.group_size": 2, "eval.samples_per_prompt": 1, "eval.batch_size": 120,
+                          "diffusion.num_steps": 2, "model.name": "dit_tiny"})
+  e = experiment_lib.Experiment(c, mesh=support.one_device())
+  assert e.context.task.num_conditions == 120 and len(e.context.task.eval) == 120
+  assert e.context.task.image_shape == (28, 28, 1)
+  rows = e.run(tmp_path)["rows"]
+  assert [r["stage"] for r in rows] == ["after pre-training", "after PRDP"]
+  assert all(np.isfinite(r["reward"]) for r in rows)

@@ -136,7 +136,19 @@ def test_unknown_reproduction_lists_the_known_ones():
   result = subprocess.run([sys.executable, "-m", "experiments.reproduce", "nope"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode != 0
-  assert "unknown reproduction 'nope'; known: likelihood_rewards, main_job" in result.stdout + result.stderr
+  assert "unknown reproduction 'nope'; known: likelihood_rewards, main_job, prdp" in result.stdout + result.stderr
+
+
+def test_runs_can_be_chosen_by_label_and_overrides_take_the_seed(tmp_path):
+  demo = reproduce.Reproduction(name="demo2", title="Demo", description="",
+                                runs=(reproduce.RunSpec("a", "configs/does_not_exist.py"),
+                                      reproduce.RunSpec("b", "configs/x.py", {"init_from": "runs/a/seed{seed}"})))
+  with pytest.raises(ValueError, match=r"--runs: \['c'\] are not runs of 'demo2'"):
+    reproduce.run_reproduction(demo, seeds=1, only=("c",), root=tmp_path, results_dir=tmp_path, echo=lambda _: None)
+  with pytest.raises(reproduce.RunFailed, match="does_not_exist"):  # only "a" runs
+    reproduce.run_reproduction(demo, seeds=1, only=("a",), root=tmp_path, results_dir=tmp_path, echo=lambda _: None)
+  assert not (tmp_path / "demo2" / "b").exists()
+  assert "--config.init_from=runs/a/seed2" in demo.runs[1].args("W", 2)
 
 
 def test_failing_run_raises_with_the_log_tail(tmp_path):

@@ -1,0 +1,98 @@
+"""Step scores of an implicit PRM through the pipeline: text steps -> token positions -> step rewards
+(jaxrl_reward/process_rewards.py, experiments/prm_best_of_n.py)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import support
+from configs import implicit_prm as implicit_prm_config
+from experiments import prm_best_of_n
+from jaxrl_reward import experiment as experiment_lib
+from jaxrl_reward import process_rewards
+from jaxrl_reward.data import chain_sums
+from jaxrl_reward.data import tokenizer as tokenizer_lib
+
+TEXTS = ["1+2=3\n3+4=7\n#### 7", "10-20=-10\n-10+5=-5\n-5+1=-4\n#### -4", "#### 3"]
+
+
+def _encode(tokenizer, texts, length=40):
+  return prm_best_of_n._encode(tokenizer, texts, length)
+
+
+def test_step_ends_land_on_the_last_character_of_each_line():
+  tok = tokenizer_lib.build_arithmetic_tokenizer()
+  ids, mask = _encode(tok, TEXTS)
+  ends = process_rewards.step_end_mask(tok, ids, mask, TEXTS, chain_sums.step_end_offsets)
+  assert np.flatnonzero(ends[0]).tolist() == [4, 10]  # "1+2=3" ends at 4, "3+4=7" at 10
+  assert np.flatnonzero(ends[1]).tolist() == [8, 17, 25]
+  assert ends[2].sum() == 0  # only the answer line: no step
+  with pytest.raises(ValueError, match="completion 2 has no step"):
+    process_rewards.step_end_mask(tok, ids, mask, TEXTS, chain_sums.step_end_offsets, require_steps=True)
+
+
+def test_step_rewards_are_differences_of_cumulative_token_rewards_at_step_ends():
+  tok = tokenizer_lib.build_arithmetic_tokenizer()
+  ids, mask = _encode(tok, TEXTS[:2])
+  ends = process_rewards.step_end_mask(tok, ids, mask, TEXTS[:2], chain_sums.step_end_offsets)
+  rng = np.random.default_rng(0)
+  prm, ref = rng.normal(size=ids.shape).astype(np.float32), rng.normal(size=ids.shape).astype(np.float32)
+  rewards, step_mask, tokens = process_rewards.step_rewards(prm, ref, mask, ends, beta=0.5, max_steps=4)
+  token_rewards = 0.5 * (prm - ref) * mask
+  np.testing.assert_allclose(tokens, token_rewards, rtol=1e-6)
+  for b in range(2):
+    positions = np.flatnonzero(ends[b])
+    q = np.cumsum(token_rewards[b])[positions]  # q^k: cumulative token rewards at the k-th step end
+    np.testing.assert_allclose(np.asarray(rewards[b, :len(q)]), np.diff(q, prepend=0.0), rtol=1e-5, atol=1e-6)
+    assert np.asarray(step_mask[b]).sum() == len(q)
+    np.testing.assert_allclose(np.asarray(rewards[b]).sum(), q[-1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def prm_run():
+  """The chain-sums implicit-PRM experiment with a PRM that differs from its reference."""
+  config = implicit_prm_config.get_config("chain_sums_tiny")
+  e = experiment_lib.Experiment(config, mesh=support.one_device())
+  stage = e.stage("reward_model")
+  state = stage.enter(e.stages[0].enter({}))
+  noise = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype),
+                       state["prm"]["params"])
+  return e, {**state, "prm": {**state["prm"], "params": noise}}
+
+
+def test_the_pipeline_reads_the_prm_at_step_boundaries(prm_run):
+  e, state = prm_run
+  examples = e.context.task.eval[:2]
+  prompts = [x["prompt"] for x in examples]
+  solutions = [x["solution"] for x in examples]
+  rewards, steps = prm_best_of_n.teacher_forced_step_rewards(e.context, state, prompts, solutions, beta=0.05)
+  # Independently: the two models' log-probs of the same tokens, summed per line by hand.
+  tok = e.context.task.tokenizer
+  ids, mask = _encode(tok, solutions, e.config.task.max_completion_length)
+  from jaxrl_reward.rollout import Rollout  # noqa: PLC0415
+  policy = e.context.roles.policy
+  cond = policy.conditions(prompts, np.arange(2), 2)
+  rollout = Rollout(actions=jnp.asarray(ids), mask=jnp.asarray(mask, jnp.float32), old_logp=jnp.zeros(ids.shape),
+                    group_ids=cond["group_ids"], extras={"prompt_ids": cond["prompt_ids"], "prompt_mask": cond["prompt_mask"]})
+  prm = np.asarray(e.context.roles["prm"].scorer.compute_logprobs(state["prm"]["params"], rollout))
+  ref = np.asarray(e.context.roles["reference"].scorer.compute_logprobs(state["reference"]["params"], rollout))
+  for b, text in enumerate(solutions):
+    lines = text.split("\n")[:-1]  # the step lines, before "#### answer"
+    assert steps[b] == len(lines) == examples[b]["num_steps"]
+    start = 0
+    for k, line in enumerate(lines):
+      end = start + len(line)  # tokens [start, end) are the line's characters (character tokenizer)
+      lo = 0 if k == 0 else start - 1  # the previous step's newline belongs to this step
+      want = 0.05 * np.sum(prm[b, lo:end] - ref[b, lo:end])
+      np.testing.assert_allclose(rewards[b, k], want, rtol=1e-4, atol=1e-6)
+      start = end + 1
+  assert np.abs(rewards).max() > 0
+
+
+def test_best_of_n_arguments_and_roles_are_checked(prm_run, tmp_path):
+  with pytest.raises(ValueError, match=r"--ns \[8\] must be in \[1, --samples=4\]"):
+    prm_best_of_n._check([1, 8], 4, 10)
+  config = implicit_prm_config.get_config("chain_sums_tiny")
+  config.roles = {}
+  with pytest.raises(ValueError, match="config.reward_model.role='prm' must name a language-model role"):
+    experiment_lib.Experiment(config, mesh=support.one_device())
