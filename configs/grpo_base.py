@@ -23,6 +23,10 @@ def grpo_config() -> config_dict.ConfigDict:
   # The stages run in order over one step counter (jaxrl_reward/stages): supervised warm-up
   # (`warmup`), then RL (`rollout`, `rewards`, `advantage`, `objective`, `train`, `optim`).
   c.stages = ("sft", "rl")
+  # A workdir of a run of the same models and data whose trained roles this run starts from
+  # (its stages are done there), e.g. a warm-up run shared by several RL or reward-model runs:
+  #   --config.stages='("reward_model",)' --config.init_from=/tmp/warmed_up
+  c.init_from = ""
 
   c.model = config_dict.ConfigDict()
   c.model.name = "mini"  # a size in models.transformer.get_config

@@ -25,9 +25,9 @@ VARIANTS = ("tiny", "chain_sums", "chain_sums_tiny")
 
 
 def chain_sums_task(c: config_dict.ConfigDict) -> None:
-  """The chain-of-sums task (3 to 5 operands in 0..99) in place of the arithmetic task."""
-  c.task = config_dict.ConfigDict(dict(name="chain_sums", num_train=8000, num_eval=256, max_value=99, min_terms=3,
-                                       max_terms=5, max_prompt_length=16, max_completion_length=64))
+  """The chain-of-sums task (3 or 4 operands in 0..20) in place of the arithmetic task."""
+  c.task = config_dict.ConfigDict(dict(name="chain_sums", num_train=8000, num_eval=256, max_value=20, min_terms=3,
+                                       max_terms=4, max_prompt_length=16, max_completion_length=64))
 
 
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
@@ -51,7 +51,7 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
     c.task.num_eval = 8
   elif variant == "chain_sums":
     chain_sums_task(c)
-    c.warmup.steps = 300  # short: the warmed-up policy still slips, so outcomes are mixed
+    c.warmup.steps = 600  # the warmed-up `mini` policy solves about 30% greedy, 20% sampled: mixed outcomes
     c.task.num_eval = 64
   elif variant == "chain_sums_tiny":
     chain_sums_task(c)

@@ -12,7 +12,8 @@ read as the digit are reward hacking.
 Variants (`--config=configs/prdp_digits.py:VARIANT`, several joined by commas, e.g. `large,ddpo`):
   (none)       small scale: 4 digits x 8 samples per step, K = 4 gradient steps per snapshot, PRDP;
                about 2 minutes on 2 CPU cores (1,500 pre-training steps, then 40 RL steps).
-  large        large scale on the same data: every digit each step, K = 1.
+  large        large scale on the same data: every digit each step, K = 1 pass over the
+               samples in 2 optimizer steps.
   rdp, ddpo    the objective (and its options): RDP (PRDP without the clip), or DDPO-IS with its
                per-prompt running reward statistics; `prdp` is the default.
   tiny         seconds, for tests and smoke runs.
@@ -135,7 +136,8 @@ def _apply(c: config_dict.ConfigDict, variant: str) -> None:
   elif variant == "large":
     c.task.num_prompts = 0  # every digit
     c.rollout.prompts_per_step = 10
-    c.train.num_iterations = 1
+    c.train.num_iterations = 1  # K = 1: one pass over each snapshot's samples ...
+    c.train.num_minibatches = 2  # ... in two optimizer steps (with one, PRDP's clip never acts: PRDP = RDP)
   elif variant == "tiny":
     c.model.name = "dit_tiny"
     c.diffusion.num_steps = 4

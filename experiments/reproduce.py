@@ -94,7 +94,9 @@ class RunSpec:
 def _flag_value(value: Any) -> str:
   if isinstance(value, str):
     return value
-  return repr(value) if isinstance(value, (tuple, list)) else str(value)
+  if isinstance(value, (tuple, list)):  # a tuple literal with double quotes, e.g. ("rl",)
+    return "(" + ", ".join(json.dumps(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -496,7 +498,9 @@ def _commands(reproduction: Reproduction, records: Sequence[Record]) -> list[str
   for label, config, overrides in runs:
     spec = RunSpec(label, config, json.loads(overrides))
     workdir = f"{DEFAULT_ROOT}/{reproduction.name}/{label}/seed$S"
-    args = " ".join(shlex.quote(a) if "$S" not in a else a for a in spec.args(workdir, 0)[:-1])
+    args = " ".join(shlex.quote(a) if "$S" not in a else a
+                    for a in RunSpec(spec.label, spec.config, {k: v.replace("{seed}", "$S") if isinstance(v, str) else v
+                                                               for k, v in spec.overrides.items()}).args(workdir, 0)[:-1])
     lines.append(f"`python -m experiments.train {args} --config.seed=$S`")
   return lines
 
@@ -845,25 +849,46 @@ def _mean_change(records: Sequence[Record], label: str, metric: str) -> str:
   return f"`{label}` {metric} {format_mean_std(list(values.values()))} (up in {up} of {len(values)} seeds)"
 
 
+def _mean(values: Mapping[int, float]) -> float | None:
+  return float(np.mean(list(values.values()))) if values else None
+
+
 def prdp_claims(records: Sequence[Record]) -> str:
-  """The paper's claims against the kept numbers, computed."""
-  small = [_versus(records, "prdp", "ddpo", "reward"), _versus(records, "prdp", "rdp", "reward")]
-  large = [_versus(records, "prdp_large", "ddpo_large", "reward"), _versus(records, "prdp_large", "rdp_large", "reward")]
-  changes = "; ".join(_mean_change(records, label, m) for label in ("ddpo_large", "prdp_large") for m in ("reward", "guard"))
-  betas = "; ".join(_mean_change(records, label, m) for label in ("prdp_beta1", "prdp", "prdp_beta100")
-                    for m in ("log_ratio", "guard"))
+  """The paper's claims against the kept numbers, each with a verdict computed from them."""
+  final = {label: _final(records, label, "reward") for label in ("prdp", "ddpo", "rdp", "prdp_large", "ddpo_large",
+                                                                 "rdp_large")}
+  change = {label: _delta(records, label, "reward") for label in ("prdp_large", "ddpo_large")}
+  if not all(final.values()) or not all(change.values()):
+    return "**Claims.** Not every run of the reproduction is kept yet: no verdict."
+  (mp, sp, _), (md, sd, _) = summarise(list(final["prdp"].values())), summarise(list(final["ddpo"].values()))
+  one = ("shown" if mp >= md - (sp or 0) - (sd or 0) else "not shown: PRDP ends below DDPO by more than the seeds' spread")
+  ddpo_up, prdp_up = _mean(change["ddpo_large"]), _mean(change["prdp_large"])
+  two_ddpo = ("shown" if ddpo_up < 0 else f"contradicted: DDPO's reward rises ({ddpo_up:+.2f} on average)")
+  two_prdp = ("shown" if all(v > 0 for v in change["prdp_large"].values()) else "not shown")
+  log_ratios = [_mean(_final(records, label, "log_ratio")) for label in ("prdp_beta1", "prdp", "prdp_beta100")]
+  monotone = None not in log_ratios and log_ratios[0] > log_ratios[1] > log_ratios[2]
+  three = "shown" if monotone else "not shown"
+  guard = {label: _mean(_final(records, label, "guard")) for label in ("prdp", "ddpo", "prdp_large", "ddpo_large")}
   return (
-      "**Claims.** (1) *Small scale, K > 1: PRDP at least matches DDPO's reward* (paper: HPSv2 0.3471 vs 0.3398). "
-      f"Final reward: {small[0]}; and against RDP: {small[1]}. "
-      "(2) *Large scale, K = 1 and every prompt: DDPO becomes unstable and ends below the base model while PRDP "
-      "keeps improving* (paper: 0.2464 and 0.3175 from 0.2685). Final reward: " + large[0] + "; " + large[1]
-      + ". Change from the pre-trained model (reward, guard): " + changes + ". "
-      "(3) *A larger beta keeps the model nearer the reference* (the paper's KL ablation): change of the "
-      "trajectory log-ratio and of the guard for beta 1, 10 (default) and 100: " + betas + ". "
-      "Read the signs of these changes for what our runs show. What they do not show: anything about "
-      "text-to-image models, human-preference rewards (HPSv2, PickScore) or the paper's scale (its K, "
-      "epochs and 50-step DDPM sampler); our reward is a learned stroke-thickness regressor on 8x8 digits, "
-      "10 DDIM steps, 40 RL snapshots.")
+      "**Claims.** (1) *Small scale (K > 1): PRDP matches or beats DDPO's reward* (paper: HPSv2 0.3471 vs "
+      f"0.3398): **{one}**. {_versus(records, 'prdp', 'ddpo', 'reward')}. "
+      "(2) *Large scale (K = 1, every prompt): DDPO becomes unstable and ends below the base model* "
+      f"(paper: 0.2464 from 0.2685): **{two_ddpo}**; *PRDP keeps improving* (paper: 0.3175): **{two_prdp}** "
+      f"({_mean_change(records, 'prdp_large', 'reward')}; {_mean_change(records, 'ddpo_large', 'reward')}); final "
+      f"reward {_versus(records, 'prdp_large', 'ddpo_large', 'reward')}; "
+      f"{_versus(records, 'prdp_large', 'rdp_large', 'reward')}. "
+      "(3) *A larger beta keeps the model nearer the reference* (the paper's KL ablation): **" + three + "**: "
+      "final log-ratio for beta 1, 10 (default), 100: " + ", ".join(f"{v:.2f}" for v in log_ratios if v is not None)
+      + ". (4) *RDP without the proximal clip is unstable when a snapshot's samples are reused (K > 1)*: "
+      f"{_versus(records, 'prdp', 'rdp', 'reward')}; final log-ratio RDP "
+      f"{_mean(_final(records, 'rdp', 'log_ratio')):.1f} vs PRDP {_mean(_final(records, 'prdp', 'log_ratio')):.1f}. "
+      f"\n\nThe guard tells what the reward does not: its final mean is {guard['prdp']:.2f} (PRDP) and "
+      f"{guard['ddpo']:.2f} (DDPO) at small scale, {guard['prdp_large']:.2f} and {guard['ddpo_large']:.2f} at large "
+      "scale, from about 0.65 before fine-tuning: where a run's reward rises most, its samples stop reading as "
+      "their digit (reward hacking by thickening strokes into blobs), and the KL estimate grows with it. "
+      "What these runs do not show: anything about text-to-image models, human-preference rewards (HPSv2, "
+      "PickScore) or the paper's scale (its epochs and 50-step sampler); our reward is a learned "
+      "stroke-thickness regressor on 8x8 digits, 10 DDIM steps, 40 snapshots, on a CPU.")
 
 
 PRDP = register(Reproduction(
@@ -880,7 +905,10 @@ PRDP = register(Reproduction(
         "steps per snapshot; `_large`: all 10 digits x 8 samples, K = 1. `log_ratio` is the mean over "
         "evaluation trajectories of sum_t log pi_theta / pi_ref (a KL estimate), on 16 samples per digit "
         "with fixed noise. The paper's HPSv2 numbers (Stable Diffusion 1.4, HPDv2 prompts) sit beside "
-        "the runs they correspond to; their reward and scale are not ours."),
+        "the runs they correspond to; their reward and scale are not ours. Samples of seed 0 after each run, "
+        "with the same noise: [prdp_samples.png](experiments/results/reproductions/prdp_samples.png) (RDP's "
+        "collapse to a checkerboard that the reward model scores as thick strokes; PRDP with beta = 1 thickening "
+        "every digit into a blob; beta = 100 staying near the pre-trained samples)."),
     runs=(RunSpec("pretrain", PRDP_CONFIG, {"stages": ("pretrain",)}),
           RunSpec("prdp", PRDP_CONFIG, _from_pretrained("prdp")),
           RunSpec("rdp", f"{PRDP_CONFIG}:rdp", _from_pretrained("prdp")),

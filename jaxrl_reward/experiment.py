@@ -160,6 +160,8 @@ class Experiment:
       raise ConfigMismatch(f"{workdir} holds checkpoints but no {provenance.CONFIG_FILE}, so its config cannot be "
                            "checked against this one; use a new workdir, or put back the run's config file")
     changes = provenance.config_changes(workdir, self.config)
+    # A key added to the configs after the run started, left at its empty default, changes nothing.
+    changes = {k: v for k, v in changes.items() if not (v[0] is None and v[1] in ("", None))}
     refused = {k: v for k, v in changes.items() if not provenance.allowed_change(k, allow_config_change)}
     if refused:
       listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in list(refused.items())[:8])

@@ -91,6 +91,19 @@ def test_a_change_that_moves_a_stage_boundary_is_refused(runs, tmp_path):
     support.experiment(_config(**{"warmup.steps": 6})).run(tmp_path, allow_config_change=["warmup"])
 
 
+def test_a_run_older_than_a_new_config_key_resumes_when_the_key_is_at_its_default(runs, tmp_path):
+  t, _, stopped = runs
+  shutil.copytree(stopped, tmp_path, dirs_exist_ok=True)
+  recorded = json.loads((tmp_path / "config.json").read_text())
+  del recorded["init_from"]  # the run predates the key
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  assert t.check_workdir(tmp_path) == {}
+  recorded["init_from"] = "/elsewhere"  # a value, not the default: a real change
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  with pytest.raises(experiment_lib.ConfigMismatch, match="init_from '/elsewhere' -> ''"):
+    t.check_workdir(tmp_path)
+
+
 def test_checkpoints_without_config_file_are_refused(runs, tmp_path):
   """A workdir whose config.json is gone cannot be checked: refused, nothing written."""
   t, _, stopped = runs

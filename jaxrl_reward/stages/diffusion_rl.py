@@ -33,7 +33,7 @@ from jaxrl_reward import learner
 from jaxrl_reward import optim
 from jaxrl_reward import stages
 from jaxrl_reward.data import batching
-from jaxrl_reward.stages.rl import check_objective
+from jaxrl_reward.stages.rl import check_groups, check_objective
 from objectives import ddpo
 from objectives import estimators
 from objectives import registry
@@ -44,7 +44,7 @@ OLD_LOGP = ("recompute", "sampler")
 
 
 def _settings(config):
-  c, r, t = config, config.rollout, config.train
+  c, t = config, config.train
   objective = check_objective(c.objective.name, stage="rl", inputs="logprobs", where="config.objective.name")
   options = registry.resolve_options(c.objective.name, c.objective.options)
   estimator = c.advantage.estimator
@@ -64,12 +64,7 @@ def _settings(config):
     old_logp = "recompute"
   if old_logp not in OLD_LOGP:
     raise ValueError(f"train.old_logp={old_logp!r} is not one of {OLD_LOGP} for a diffusion run")
-  if r.group_size < 2:
-    raise ValueError(f"rollout.group_size must be >= 2 (pairs of one condition), got {r.group_size}")
-  if r.prompts_per_step % (t.num_minibatches * t.grad_accum_steps):
-    raise ValueError(
-        f"rollout.prompts_per_step={r.prompts_per_step} does not split into train.num_minibatches="
-        f"{t.num_minibatches} x train.grad_accum_steps={t.grad_accum_steps} parts of whole groups")
+  check_groups(config)
   return objective, options, estimator, estimator_options, old_logp
 
 

@@ -57,6 +57,18 @@ def check_objective(name: str, *, stage: str, inputs: str, where: str) -> regist
   return spec
 
 
+def check_groups(config) -> None:
+  """Groups of at least 2 rows, and prompts that split into whole-group mini- and micro-batches."""
+  r, t = config.rollout, config.train
+  if r.group_size < 2:
+    raise ValueError(f"rollout.group_size must be >= 2 for group-relative training, got {r.group_size}")
+  if r.prompts_per_step % (t.num_minibatches * t.grad_accum_steps):
+    raise ValueError(
+        f"rollout.prompts_per_step={r.prompts_per_step} does not split into train.num_minibatches="
+        f"{t.num_minibatches} x train.grad_accum_steps={t.grad_accum_steps} parts of whole groups; make "
+        "prompts_per_step a multiple of num_minibatches x grad_accum_steps")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """What an RL stage runs with, read and checked from the config alone (no model is built)."""
@@ -75,7 +87,7 @@ class Settings:
 
 def settings(config) -> Settings:
   """The RL stage's settings of `config`; every error names the config key."""
-  c, r, t = config, config.rollout, config.train
+  c, t = config, config.train
   objective = check_objective(c.objective.name, stage="rl", inputs="logprobs", where="config.objective.name")
   options = registry.resolve_options(c.objective.name, c.objective.options)
   estimator = c.advantage.estimator
@@ -111,13 +123,7 @@ def settings(config) -> Settings:
     raise ValueError(f"rewards.std_filter_beta must be >= 0 (0: off), got {std_filter_beta}")
   if int(c.rewards.get("std_filter_start_step", 11)) < 2:
     raise ValueError(f"rewards.std_filter_start_step must be >= 2, got {c.rewards.std_filter_start_step}")
-  if r.group_size < 2:
-    raise ValueError(f"rollout.group_size must be >= 2 for group-relative training, got {r.group_size}")
-  if r.prompts_per_step % (t.num_minibatches * t.grad_accum_steps):
-    raise ValueError(
-        f"rollout.prompts_per_step={r.prompts_per_step} does not split into train.num_minibatches="
-        f"{t.num_minibatches} x train.grad_accum_steps={t.grad_accum_steps} parts of whole groups; make "
-        "prompts_per_step a multiple of num_minibatches x grad_accum_steps")
+  check_groups(config)
   return Settings(objective, options, estimator, estimator_options, role_objectives, value_role,
                   needs_labels=any(specs[n].kind == "lm" for n in role_objectives),
                   needs_reference=bool(needs_reference), old_logp=old_logp, tis_cap=tis_cap,
