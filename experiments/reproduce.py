@@ -461,7 +461,8 @@ def plot_eval_curves(reproduction: Reproduction, records: Sequence[Record], out_
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   labels = list(dict.fromkeys(r["label"] for r in records))
-  fig, axes = plt.subplots(len(panels), 1, figsize=(6.4, 2.6 * len(panels)), sharex=True, squeeze=False)
+  width = 6.4 if len(labels) <= 3 else 9.0  # room for the legend beside the curves
+  fig, axes = plt.subplots(len(panels), 1, figsize=(width, max(2.6 * len(panels), 3.2)), sharex=True, squeeze=False)
   for ax, (_, curves, ylabel) in zip(axes[:, 0], panels):
     for i, label in enumerate(labels):
       mine = [c for c, r in zip(curves, records) if r["label"] == label and c]
@@ -475,7 +476,8 @@ def plot_eval_curves(reproduction: Reproduction, records: Sequence[Record], out_
         ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-  axes[0, 0].legend(fontsize="small", title="shaded: min-max over seeds", title_fontsize="small")
+  axes[0, 0].legend(fontsize="small", title="shaded: min-max over seeds", title_fontsize="small",
+                    **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if len(labels) > 3 else {}))
   axes[-1, 0].set_xlabel("step")
   fig.suptitle(reproduction.title)
   fig.tight_layout()
