@@ -138,19 +138,27 @@ def _moved(params, grads, lr):
   return jax.tree.map(lambda p, g: p - lr * g, params, grads)
 
 
+def _value_and_grad(loss):
+  """Jitted (loss, number of pairs) and gradient of a registered loss at (params, batch)."""
+  def fn(params, batch):
+    (total, (den, _)), grads = jax.value_and_grad(lambda p: learner._as_pair(loss(p, batch)), has_aux=True)(params)
+    return total, den, grads
+  return jax.jit(fn)
+
+
 def test_prdp_with_a_large_clip_is_rdp_on_diffusion_rollouts(rl_batch):
   rl, state, rollout, _ = rl_batch
   params = state["policy"]["params"]
-  rdp = _loss(rl, "rdp", beta=0.1)
-  prdp = _loss(rl, "prdp", beta=0.1, clip_eps=1e3)
-  (total, (den, _)), grads = jax.value_and_grad(lambda p: learner._as_pair(rdp(p, rollout)), has_aux=True)(params)
+  rdp = _value_and_grad(_loss(rl, "rdp", beta=0.1))
+  prdp = _value_and_grad(_loss(rl, "prdp", beta=0.1, clip_eps=1e3))
+  total, _, grads = rdp(params, rollout)
   moved = _moved(params, grads, 1e-2)  # away from the snapshot, so that logp != old_logp
   for p in (params, moved):
-    (a, (da, _)), ga = jax.value_and_grad(lambda q: learner._as_pair(rdp(q, rollout)), has_aux=True)(p)
-    (b, (db, _)), gb = jax.value_and_grad(lambda q: learner._as_pair(prdp(q, rollout)), has_aux=True)(p)
+    a, da, ga = rdp(p, rollout)
+    b, db, gb = prdp(p, rollout)
     np.testing.assert_allclose(b, a, rtol=1e-6)
     assert float(da) == float(db) == 6 * 2  # C(4, 2) pairs in each of 2 groups
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-8), ga, gb)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6), ga, gb)
   assert float(total) > 0
 
 
@@ -160,22 +168,17 @@ def test_prdp_past_its_clip_range_leaves_a_zero_gradient(rl_batch):
   params = state["policy"]["params"]
   policy = rl.ctx.roles.policy
   eps = 1e-7
-  prdp = _loss(rl, "prdp", beta=0.1, clip_eps=eps)
-  rdp = _loss(rl, "rdp", beta=0.1)
-  value = lambda fn, p: float(fn(p, pair)[0])  # noqa: E731
-  grads = jax.grad(lambda p: fn_sum(prdp, p, pair))(params)
+  prdp = _value_and_grad(_loss(rl, "prdp", beta=0.1, clip_eps=eps))
+  rdp = _value_and_grad(_loss(rl, "rdp", beta=0.1))
+  loss_at_snapshot, _, grads = prdp(params, pair)
   moved = _moved(params, grads, 1e-4)  # a small step down the loss: every step's log-ratio moves past eps
-  assert value(rdp, moved) < value(rdp, params)
-  change = np.abs(np.asarray(policy.logprobs(moved, pair) - policy.logprobs(params, pair)))
+  assert float(rdp(moved, pair)[0]) < float(rdp(params, pair)[0])
+  change = np.abs(np.asarray(policy.compute_logprobs(moved, pair) - policy.compute_logprobs(params, pair)))
   assert change.min() > 10 * eps
-  zero = jax.grad(lambda p: fn_sum(prdp, p, pair))(moved)
+  loss_moved, _, zero = prdp(moved, pair)
   assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(zero))
-  np.testing.assert_allclose(value(prdp, moved), value(prdp, params), rtol=1e-4)  # the clipped, snapshot loss
-  assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(jax.grad(lambda p: fn_sum(rdp, p, pair))(moved)))
-
-
-def fn_sum(fn, params, batch):
-  return fn(params, batch)[0]
+  np.testing.assert_allclose(loss_moved, loss_at_snapshot, rtol=1e-4)  # the clipped, snapshot loss
+  assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(rdp(moved, pair)[2]))
 
 
 def test_one_prdp_iteration_raises_the_reward_on_fixed_conditions(pretrained):
@@ -301,14 +304,15 @@ def test_jpeg_rewards_score_a_policy_batch(rl_batch):
 
 
 @pytest.mark.slow
-def test_the_mnist_variant_runs_with_120_conditions(tmp_path):
+def test_the_mnist_variant_builds_120_conditions_and_trains_a_step_of_each_stage():
   c = prdp_digits.get_config("mnist")
-  support.with_keys(c, **{"pretrain.steps": 1, "pretrain.batch_size": 8, "train.steps": 1, "rollout.prompts_per_step": 2,
-                          "rollout.group_size": 2, "eval.samples_per_prompt": 1, "eval.batch_size": 120,
-                          "diffusion.num_steps": 2, "model.name": "dit_tiny"})
+  support.with_keys(c, **{"pretrain.batch_size": 8, "rollout.prompts_per_step": 2, "rollout.group_size": 2,
+                          "diffusion.num_steps": 2, "model.name": "dit_tiny", "eval.batch_size": 8})
   e = experiment_lib.Experiment(c, mesh=support.one_device())
   assert e.context.task.num_conditions == 120 and len(e.context.task.eval) == 120
   assert e.context.task.image_shape == (28, 28, 1)
-  rows = e.run(tmp_path)["rows"]
-  assert [r["stage"] for r in rows] == ["after pre-training", "after PRDP"]
-  assert all(np.isfinite(r["reward"]) for r in rows)
+  pre, rl = e.stages
+  state, metrics = pre.step(pre.enter({}), 0)
+  assert np.isfinite(metrics["loss/pretrain_policy"]) and np.isfinite(metrics["loss/pretrain_guard"])
+  state, metrics = rl.step(rl.enter(state), rl.start)
+  assert np.isfinite(metrics["loss/total"]) and metrics["train/reward_std"] >= 0

@@ -7,7 +7,6 @@ import pytest
 
 import support
 from configs import implicit_prm as implicit_prm_config
-from experiments import prm_best_of_n
 from jaxrl_reward import experiment as experiment_lib
 from jaxrl_reward import process_rewards
 from jaxrl_reward.data import chain_sums
@@ -17,7 +16,7 @@ TEXTS = ["1+2=3\n3+4=7\n#### 7", "10-20=-10\n-10+5=-5\n-5+1=-4\n#### -4", "#### 
 
 
 def _encode(tokenizer, texts, length=40):
-  return prm_best_of_n._encode(tokenizer, texts, length)
+  return process_rewards.encode_solutions(tokenizer, texts, length)
 
 
 def test_step_ends_land_on_the_last_character_of_each_line():
@@ -65,7 +64,7 @@ def test_the_pipeline_reads_the_prm_at_step_boundaries(prm_run):
   examples = e.context.task.eval[:2]
   prompts = [x["prompt"] for x in examples]
   solutions = [x["solution"] for x in examples]
-  rewards, steps = prm_best_of_n.teacher_forced_step_rewards(e.context, state, prompts, solutions, beta=0.05)
+  rewards, steps = process_rewards.teacher_forced_step_rewards(e.context, state, prompts, solutions, beta=0.05)
   # Independently: the two models' log-probs of the same tokens, summed per line by hand.
   tok = e.context.task.tokenizer
   ids, mask = _encode(tok, solutions, e.config.task.max_completion_length)
@@ -91,7 +90,7 @@ def test_the_pipeline_reads_the_prm_at_step_boundaries(prm_run):
 
 def test_best_of_n_arguments_and_roles_are_checked(prm_run, tmp_path):
   with pytest.raises(ValueError, match=r"--ns \[8\] must be in \[1, --samples=4\]"):
-    prm_best_of_n._check([1, 8], 4, 10)
+    process_rewards.check_best_of_n([1, 8], 4, 10)
   config = implicit_prm_config.get_config("chain_sums_tiny")
   config.roles = {}
   with pytest.raises(ValueError, match="config.reward_model.role='prm' must name a language-model role"):
