@@ -14,6 +14,9 @@ Variants (`--config=configs/prdp_digits.py:VARIANT`, several joined by commas, e
                about 2 minutes on 2 CPU cores (1,500 pre-training steps, then 40 RL steps).
   large        large scale on the same data: every digit each step, K = 1 pass over the
                samples in 2 optimizer steps.
+  styles       the paper's large-scale setting at CPU size: (digit, stroke width, slant) conditions
+               (4 x 3 style buckets, about 105 of the 120 present in the training images), 64 of
+               them x 8 samples per step, K = 1 pass in 2 optimizer steps.
   rdp, ddpo    the objective (and its options): RDP (PRDP without the clip), or DDPO-IS with its
                per-prompt running reward statistics; `prdp` is the default.
   tiny         seconds, for tests and smoke runs.
@@ -26,7 +29,7 @@ for Stable Diffusion's reward scale, so set `beta` for this one.
 """
 from ml_collections import config_dict
 
-VARIANTS = ("tiny", "large", "mnist", "prdp", "rdp", "ddpo")
+VARIANTS = ("tiny", "large", "styles", "mnist", "prdp", "rdp", "ddpo")
 BETA = 10.0  # RDP/PRDP's KL coefficient for this reward (in units of the reward model's std)
 
 
@@ -138,6 +141,14 @@ def _apply(c: config_dict.ConfigDict, variant: str) -> None:
     c.rollout.prompts_per_step = 10
     c.train.num_iterations = 1  # K = 1: one pass over each snapshot's samples ...
     c.train.num_minibatches = 2  # ... in two optimizer steps (with one, PRDP's clip never acts: PRDP = RDP)
+  elif variant == "styles":  # the paper's large-scale setting on CPU: >= 100 prompts, K = 1
+    c.task.thickness_bins, c.task.slant_bins = 4, 3  # (digit, stroke width, slant): about 105 of 120 present
+    c.task.num_prompts = 0
+    c.rollout.prompts_per_step = 64
+    c.train.num_iterations = 1
+    c.train.num_minibatches = 2
+    c.eval.samples_per_prompt = 4
+    c.eval.batch_size = 128
   elif variant == "tiny":
     c.model.name = "dit_tiny"
     c.diffusion.num_steps = 4

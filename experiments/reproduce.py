@@ -824,9 +824,9 @@ PRDP_CONFIG = "configs/prdp_digits.py"
 PRDP_METRICS = ("reward", "guard", "log_ratio")
 
 
-def _from_pretrained(name: str, quick: bool = False) -> dict:
-  """Overrides of an RL-only run that starts from the seed's pre-trained run (`pretrain`)."""
-  return {"stages": ("rl",), "init_from": f"{DEFAULT_ROOT}/{name}{'.quick' if quick else ''}/pretrain/seed{{seed}}"}
+def _from_pretrained(name: str, quick: bool = False, run: str = "pretrain") -> dict:
+  """Overrides of an RL-only run that starts from the seed's pre-trained run (`run`)."""
+  return {"stages": ("rl",), "init_from": f"{DEFAULT_ROOT}/{name}{'.quick' if quick else ''}/{run}/seed{{seed}}"}
 
 
 def prdp_table(reproduction: Reproduction, records: Sequence[Record]) -> str:
@@ -857,35 +857,36 @@ def _mean(values: Mapping[int, float]) -> float | None:
 
 def prdp_claims(records: Sequence[Record]) -> str:
   """The paper's claims against the kept numbers, each with a verdict computed from them."""
-  final = {label: _final(records, label, "reward") for label in ("prdp", "ddpo", "rdp", "prdp_large", "ddpo_large",
-                                                                 "rdp_large")}
-  change = {label: _delta(records, label, "reward") for label in ("prdp_large", "ddpo_large")}
+  labels = ("prdp", "ddpo", "rdp", "prdp_styles", "ddpo_styles", "rdp_styles")
+  final = {label: _final(records, label, "reward") for label in labels}
+  change = {label: _delta(records, label, "reward") for label in ("prdp_styles", "ddpo_styles")}
   if not all(final.values()) or not all(change.values()):
     return "**Claims.** Not every run of the reproduction is kept yet: no verdict."
   (mp, sp, _), (md, sd, _) = summarise(list(final["prdp"].values())), summarise(list(final["ddpo"].values()))
   one = ("shown" if mp >= md - (sp or 0) - (sd or 0) else "not shown: PRDP ends below DDPO by more than the seeds' spread")
-  ddpo_up, prdp_up = _mean(change["ddpo_large"]), _mean(change["prdp_large"])
+  ddpo_up = _mean(change["ddpo_styles"])
   two_ddpo = ("shown" if ddpo_up < 0 else f"contradicted: DDPO's reward rises ({ddpo_up:+.2f} on average)")
-  two_prdp = ("shown" if all(v > 0 for v in change["prdp_large"].values()) else "not shown")
+  two_prdp = ("shown" if all(v > 0 for v in change["prdp_styles"].values()) else "not shown")
   log_ratios = [_mean(_final(records, label, "log_ratio")) for label in ("prdp_beta1", "prdp", "prdp_beta100")]
   monotone = None not in log_ratios and log_ratios[0] > log_ratios[1] > log_ratios[2]
   three = "shown" if monotone else "not shown"
-  guard = {label: _mean(_final(records, label, "guard")) for label in ("prdp", "ddpo", "prdp_large", "ddpo_large")}
+  guard = {label: _mean(_final(records, label, "guard")) for label in ("prdp", "ddpo", "prdp_styles", "ddpo_styles")}
   return (
       "**Claims.** (1) *Small scale (K > 1): PRDP matches or beats DDPO's reward* (paper: HPSv2 0.3471 vs "
       f"0.3398): **{one}**. {_versus(records, 'prdp', 'ddpo', 'reward')}. "
-      "(2) *Large scale (K = 1, every prompt): DDPO becomes unstable and ends below the base model* "
+      "(2) *Large scale (at least 100 prompts, K = 1): DDPO becomes unstable and ends below the base model* "
       f"(paper: 0.2464 from 0.2685): **{two_ddpo}**; *PRDP keeps improving* (paper: 0.3175): **{two_prdp}** "
-      f"({_mean_change(records, 'prdp_large', 'reward')}; {_mean_change(records, 'ddpo_large', 'reward')}); final "
-      f"reward {_versus(records, 'prdp_large', 'ddpo_large', 'reward')}; "
-      f"{_versus(records, 'prdp_large', 'rdp_large', 'reward')}. "
+      f"({_mean_change(records, 'prdp_styles', 'reward')}; {_mean_change(records, 'ddpo_styles', 'reward')}); final "
+      f"reward {_versus(records, 'prdp_styles', 'ddpo_styles', 'reward')}; "
+      f"{_versus(records, 'prdp_styles', 'rdp_styles', 'reward')}. The same on the 10 digits alone (`_large`): "
+      f"{_versus(records, 'prdp_large', 'ddpo_large', 'reward')}. "
       "(3) *A larger beta keeps the model nearer the reference* (the paper's KL ablation): **" + three + "**: "
       "final log-ratio for beta 1, 10 (default), 100: " + ", ".join(f"{v:.2f}" for v in log_ratios if v is not None)
       + ". (4) *RDP without the proximal clip is unstable when a snapshot's samples are reused (K > 1)*: "
       f"{_versus(records, 'prdp', 'rdp', 'reward')}; final log-ratio RDP "
       f"{_mean(_final(records, 'rdp', 'log_ratio')):.1f} vs PRDP {_mean(_final(records, 'prdp', 'log_ratio')):.1f}. "
       f"\n\nThe guard tells what the reward does not: its final mean is {guard['prdp']:.2f} (PRDP) and "
-      f"{guard['ddpo']:.2f} (DDPO) at small scale, {guard['prdp_large']:.2f} and {guard['ddpo_large']:.2f} at large "
+      f"{guard['ddpo']:.2f} (DDPO) at small scale, {guard['prdp_styles']:.2f} and {guard['ddpo_styles']:.2f} at large "
       "scale, from about 0.65 before fine-tuning: where a run's reward rises most, its samples stop reading as "
       "their digit (reward hacking by thickening strokes into blobs), and the KL estimate grows with it. "
       "What these runs do not show: anything about text-to-image models, human-preference rewards (HPSv2, "
@@ -904,8 +905,12 @@ PRDP = register(Reproduction(
         "(an MLP digit classifier; `guard` is its probability of the conditioned digit). Each RL run starts "
         "from that seed's pre-trained model (`config.init_from`) and trains its 10-step DDIM sampler "
         "(eta = 1) for 40 snapshots: small scale 4 digits x 8 samples per snapshot with K = 4 gradient "
-        "steps per snapshot; `_large`: all 10 digits x 8 samples, K = 1. `log_ratio` is the mean over "
-        "evaluation trajectories of sum_t log pi_theta / pi_ref (a KL estimate), on 16 samples per digit "
+        "steps per snapshot; `_large`: all 10 digits x 8 samples, K = 1 pass in 2 optimizer steps; `_styles` "
+        "(the paper's large-scale setting: at least 100 prompts, K = 1): (digit, stroke width, slant) conditions "
+        "(4 x 3 style buckets fitted on the training images, about 105 present), 64 of them x 8 samples per "
+        "snapshot, K = 1 pass in 2 optimizer steps, its own pre-training (`pretrain_styles`). "
+        "`log_ratio` is the mean over "
+        "evaluation trajectories of sum_t log pi_theta / pi_ref (a KL estimate), on 16 samples per condition (4 for `_styles`) "
         "with fixed noise. The paper's HPSv2 numbers (Stable Diffusion 1.4, HPDv2 prompts) sit beside "
         "the runs they correspond to; their reward and scale are not ours. Samples of seed 0 after each run, "
         "with the same noise: [prdp_samples.png](experiments/results/reproductions/prdp_samples.png) (RDP's "
@@ -918,6 +923,10 @@ PRDP = register(Reproduction(
           RunSpec("prdp_large", f"{PRDP_CONFIG}:large", _from_pretrained("prdp")),
           RunSpec("rdp_large", f"{PRDP_CONFIG}:large,rdp", _from_pretrained("prdp")),
           RunSpec("ddpo_large", f"{PRDP_CONFIG}:large,ddpo", _from_pretrained("prdp")),
+          RunSpec("pretrain_styles", f"{PRDP_CONFIG}:styles", {"stages": ("pretrain",)}),
+          RunSpec("prdp_styles", f"{PRDP_CONFIG}:styles", _from_pretrained("prdp", run="pretrain_styles")),
+          RunSpec("rdp_styles", f"{PRDP_CONFIG}:styles,rdp", _from_pretrained("prdp", run="pretrain_styles")),
+          RunSpec("ddpo_styles", f"{PRDP_CONFIG}:styles,ddpo", _from_pretrained("prdp", run="pretrain_styles")),
           RunSpec("prdp_beta1", PRDP_CONFIG, {**_from_pretrained("prdp"), "objective.options.beta": 1.0}),
           RunSpec("prdp_beta100", PRDP_CONFIG, {**_from_pretrained("prdp"), "objective.options.beta": 100.0})),
     quick=(RunSpec("pretrain", f"{PRDP_CONFIG}:tiny", {"stages": ("pretrain",)}),
@@ -926,8 +935,8 @@ PRDP = register(Reproduction(
     render=prdp_table,
     paper=Paper("Deng et al. (2024), arXiv 2402.08714, Tables 1-2: HPSv2 of Stable Diffusion 1.4 fine-tuned on "
                 "HPDv2 prompts (a different reward, model and scale)",
-                {("prdp_large", 0, "reward"): 0.2685, ("prdp_large", -1, "reward"): 0.3175,
-                 ("ddpo_large", -1, "reward"): 0.2464, ("prdp", -1, "reward"): 0.3471,
+                {("prdp_styles", 0, "reward"): 0.2685, ("prdp_styles", -1, "reward"): 0.3175,
+                 ("ddpo_styles", -1, "reward"): 0.2464, ("prdp", -1, "reward"): 0.3471,
                  ("ddpo", -1, "reward"): 0.3398}),
     claims=prdp_claims,
 ))

@@ -264,6 +264,9 @@ def test_config_variants_bring_their_objective_and_options():
   assert dict(c.objective.options) == {"clip_eps": 1e-4, "adv_clip_max": 5.0}
   assert c.rollout.prompts_per_step == 10 and c.train.num_iterations == 1
   assert dict(prdp_digits.get_config("rdp").objective.options) == {"beta": prdp_digits.BETA}
+  styles = prdp_digits.get_config("styles")
+  assert (styles.task.thickness_bins, styles.task.slant_bins, styles.task.num_prompts) == (4, 3, 0)
+  assert styles.rollout.prompts_per_step == 64 and styles.train.num_iterations == 1
   with pytest.raises(ValueError, match="unknown variant 'nope'"):
     prdp_digits.get_config("large,nope")
 
