@@ -30,6 +30,7 @@ TARGETS = ("class", "thickness")
 class ImageTask(Task):
   train_images: images_lib.ImageSet | None = None
   eval_images: images_lib.ImageSet | None = None
+  _targets: dict = dataclasses.field(default_factory=dict, repr=False)  # (split, name) -> targets, computed once
 
   @property
   def num_conditions(self) -> int:
@@ -43,6 +44,11 @@ class ImageTask(Task):
     """The `name` target (`TARGETS`) of every image of `split` ("train" or "eval")."""
     if name not in TARGETS:
       raise ValueError(f"unknown image target {name!r}; known: {TARGETS}")
+    if (split, name) not in self._targets:
+      self._targets[(split, name)] = self._compute_targets(split, name)
+    return self._targets[(split, name)]
+
+  def _compute_targets(self, split: str, name: str) -> np.ndarray:
     image_set = {"train": self.train_images, "eval": self.eval_images}[split]
     if name == "class":
       return image_set.labels

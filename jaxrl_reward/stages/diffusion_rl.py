@@ -33,6 +33,7 @@ from jaxrl_reward import learner
 from jaxrl_reward import optim
 from jaxrl_reward import stages
 from jaxrl_reward.data import batching
+from jaxrl_reward.rollout import Rollout
 from jaxrl_reward.stages.rl import check_groups, check_objective
 from objectives import ddpo
 from objectives import estimators
@@ -117,7 +118,6 @@ class DiffusionRL(stages.Stage):
     policy, task = self.ctx.roles.policy, self.ctx.task
     s = policy.num_steps
     f32 = jnp.zeros((rows, s), jnp.float32)
-    from jaxrl_reward.rollout import Rollout  # noqa: PLC0415
     return Rollout(actions=jnp.zeros((rows, s + 1) + task.image_shape, jnp.float32), mask=f32 + 1, old_logp=f32,
                    group_ids=jnp.arange(rows, dtype=jnp.int32) // self.group_size, rewards=jnp.zeros((rows,)),
                    advantages=jnp.zeros((rows,)), ref_logp=f32,
