@@ -56,6 +56,12 @@ def grpo_config() -> config_dict.ConfigDict:
   c.rewards.std_filter_beta = 0.0
   # The RL step from which it filters (RLPR: 11); the EMA starts from the mean of the steps from (start + 1) // 2.
   c.rewards.std_filter_start_step = 11
+  # (low, high): PRIME's accuracy filter, groups whose verifier accuracy (rewards.eval_name) is
+  # outside [low, high] leave the update of every trained role (PRIME: (0.2, 0.8)); () is off.
+  c.rewards.accuracy_filter = ()
+  # PURE's setting: the host-side rewards (the verifier) on this fraction of the problems only (a
+  # fixed set, by a hash of the prompt), 0 on the others; None: every problem.
+  c.rewards.verified_fraction = None
 
   c.advantage = config_dict.ConfigDict()
   c.advantage.estimator = "group"  # any of objectives.estimators.names()

@@ -15,6 +15,10 @@ Variants: (none) minutes on 2 CPU cores; tiny: seconds, for tests; chain_sums (a
 chain_sums_tiny): the multi-step chain-of-sums task (`data/chain_sums.py`), one step per line,
 whose step boundaries and (for evaluation only) step correctness are known, the setting of
 `experiments/prm_best_of_n.py` (Best-of-N reranking and step-error localisation).
+Modifiers, after a comma (`chain_sums,dpo`): `dpo` and `kto` select those losses; `orm` trains
+an outcome reward model instead (the paper's baseline: the policy's backbone with a scalar head,
+role `orm` of kind "value", binary cross-entropy on the label at the last token,
+`objectives/outcome_rm.py`).
 """
 from ml_collections import config_dict
 
@@ -22,6 +26,7 @@ from configs import grpo_arithmetic
 
 
 VARIANTS = ("tiny", "chain_sums", "chain_sums_tiny")
+MODIFIERS = ("dpo", "kto", "orm")
 
 
 def chain_sums_task(c: config_dict.ConfigDict) -> None:
@@ -31,6 +36,23 @@ def chain_sums_task(c: config_dict.ConfigDict) -> None:
 
 
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
+  variant, *modifiers = [v.strip() for v in (variant or "").split(",")]
+  c = _base(variant or None)
+  for name in modifiers:
+    if name not in MODIFIERS:
+      raise ValueError(f"unknown modifier {name!r} of configs/implicit_prm.py; known: {MODIFIERS}")
+    if name == "orm":
+      c.objective.name = "outcome_rm_bce"
+      c.roles = config_dict.ConfigDict(dict(orm=dict(kind="value", init="policy", trainable=True,
+                                                     objective="outcome_rm_bce", lr=c.roles.prm.lr,
+                                                     options=config_dict.ConfigDict())))
+      c.reward_model.role = "orm"
+    else:
+      c.objective.name = c.roles.prm.objective = f"implicit_prm_{name}"
+  return c
+
+
+def _base(variant: str | None) -> config_dict.ConfigDict:
   c = grpo_arithmetic.get_config("tiny" if variant in ("tiny", "chain_sums_tiny") else None)
   c.stages = ("sft", "reward_model")
   c.objective.name = "implicit_prm_ce"

@@ -71,11 +71,16 @@ class RunSpec:
     label: names the run in tables and plots, and its workdir (`<root>/<NAME>/<label>/seed<S>`).
     config: `experiments.train`'s `--config`: a config file, optionally `:VARIANT`.
     overrides: config keys and values, passed as `--config.KEY=VALUE` (the seed is not one;
-      "{seed}" in a string value becomes the run's seed, e.g. a per-seed `init_from` workdir).
+      "{seed}" in a string value becomes the run's seed and "{runs}" the directory of the
+      reproduction's runs, e.g. `init_from="{runs}/pretrain/seed{seed}"`).
+    then: an evaluation to run after training, `(module, flag, ...)`: `python -m module` with the
+      run's `--config`, `--workdir` and overrides, then these flags; the JSON object on the last
+      line of its standard output is kept in the record as "evaluation".
   """
   label: str
   config: str
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  then: tuple[str, ...] = ()
 
   def __post_init__(self):
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.label):
@@ -86,7 +91,8 @@ class RunSpec:
   def args(self, workdir: str, seed: int) -> list[str]:
     """The arguments after `python -m experiments.train`."""
     args = [f"--config={self.config}", f"--workdir={workdir}"]
-    args += [f"--config.{key}={_flag_value(value).replace('{seed}', str(seed))}"
+    runs = str(pathlib.PurePath(workdir).parent.parent)  # <root>/<NAME>
+    args += [f"--config.{key}={_flag_value(value).replace('{seed}', str(seed)).replace('{runs}', runs)}"
              for key, value in self.overrides.items()]
     return args + [f"--config.seed={seed}"]
 
@@ -293,7 +299,31 @@ def run_one(reproduction: Reproduction, spec: RunSpec, seed: int, workdir: pathl
   if not (workdir / "results.json").is_file():
     raise RunFailed(f"{what} finished without writing {workdir / 'results.json'}\n"
                     f"last lines of {log_path}:\n{_tail(log_path, start_offset)}")
-  return collect_record(reproduction, spec, seed, workdir, wall_s=wall_s, quick=quick, resumed=resumed)
+  record = collect_record(reproduction, spec, seed, workdir, wall_s=wall_s, quick=quick, resumed=resumed)
+  if spec.then:
+    record["evaluation"], record["evaluation_wall_s"] = run_evaluation(spec, seed, workdir, what)
+  return record
+
+
+def run_evaluation(spec: RunSpec, seed: int, workdir: pathlib.Path, what: str) -> tuple[dict, float]:
+  """Runs `spec.then` on the finished run; (its JSON result, wall seconds). Its stderr goes to the log."""
+  module, *flags_ = spec.then
+  command = [sys.executable, "-m", module, *spec.args(str(workdir), seed), *flags_]
+  start = time.perf_counter()
+  with open(workdir / LOG_FILE, "ab") as log:
+    log.write(f"# {shlex.join(command)}\n".encode())
+    log.flush()
+    proc = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                          check=False)
+  lines = proc.stdout.decode(errors="replace").strip().splitlines()
+  try:
+    result = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+  except json.JSONDecodeError:
+    result = None
+  if not isinstance(result, dict):
+    raise RunFailed(f"{what}: the evaluation {shlex.join(command)} failed (exit status {proc.returncode}) or "
+                    f"printed no JSON object last; see {workdir / LOG_FILE}")
+  return result, round(time.perf_counter() - start, 1)
 
 
 def run_reproduction(reproduction: Reproduction, *, seeds: int | None = None, quick: bool = False,
@@ -504,6 +534,9 @@ def _commands(reproduction: Reproduction, records: Sequence[Record]) -> list[str
                     for a in RunSpec(spec.label, spec.config, {k: v.replace("{seed}", "$S") if isinstance(v, str) else v
                                                                for k, v in spec.overrides.items()}).args(workdir, 0)[:-1])
     lines.append(f"`python -m experiments.train {args} --config.seed=$S`")
+    then = next((r.then for r in reproduction.runs if r.label == label), ())
+    if then:
+      lines.append(f"then `python -m {then[0]} {args} --config.seed=$S {' '.join(then[1:])}`")
   return lines
 
 
@@ -824,9 +857,9 @@ PRDP_CONFIG = "configs/prdp_digits.py"
 PRDP_METRICS = ("reward", "guard", "log_ratio")
 
 
-def _from_pretrained(name: str, quick: bool = False, run: str = "pretrain") -> dict:
+def _from_pretrained(run: str = "pretrain") -> dict:
   """Overrides of an RL-only run that starts from the seed's pre-trained run (`run`)."""
-  return {"stages": ("rl",), "init_from": f"{DEFAULT_ROOT}/{name}{'.quick' if quick else ''}/{run}/seed{{seed}}"}
+  return {"stages": ("rl",), "init_from": f"{{runs}}/{run}/seed{{seed}}"}
 
 
 def prdp_table(reproduction: Reproduction, records: Sequence[Record]) -> str:
@@ -917,20 +950,20 @@ PRDP = register(Reproduction(
         "collapse to a checkerboard that the reward model scores as thick strokes; PRDP with beta = 1 thickening "
         "every digit into a blob; beta = 100 staying near the pre-trained samples)."),
     runs=(RunSpec("pretrain", PRDP_CONFIG, {"stages": ("pretrain",)}),
-          RunSpec("prdp", PRDP_CONFIG, _from_pretrained("prdp")),
-          RunSpec("rdp", f"{PRDP_CONFIG}:rdp", _from_pretrained("prdp")),
-          RunSpec("ddpo", f"{PRDP_CONFIG}:ddpo", _from_pretrained("prdp")),
-          RunSpec("prdp_large", f"{PRDP_CONFIG}:large", _from_pretrained("prdp")),
-          RunSpec("rdp_large", f"{PRDP_CONFIG}:large,rdp", _from_pretrained("prdp")),
-          RunSpec("ddpo_large", f"{PRDP_CONFIG}:large,ddpo", _from_pretrained("prdp")),
+          RunSpec("prdp", PRDP_CONFIG, _from_pretrained()),
+          RunSpec("rdp", f"{PRDP_CONFIG}:rdp", _from_pretrained()),
+          RunSpec("ddpo", f"{PRDP_CONFIG}:ddpo", _from_pretrained()),
+          RunSpec("prdp_large", f"{PRDP_CONFIG}:large", _from_pretrained()),
+          RunSpec("rdp_large", f"{PRDP_CONFIG}:large,rdp", _from_pretrained()),
+          RunSpec("ddpo_large", f"{PRDP_CONFIG}:large,ddpo", _from_pretrained()),
           RunSpec("pretrain_styles", f"{PRDP_CONFIG}:styles", {"stages": ("pretrain",)}),
-          RunSpec("prdp_styles", f"{PRDP_CONFIG}:styles", _from_pretrained("prdp", run="pretrain_styles")),
-          RunSpec("rdp_styles", f"{PRDP_CONFIG}:styles,rdp", _from_pretrained("prdp", run="pretrain_styles")),
-          RunSpec("ddpo_styles", f"{PRDP_CONFIG}:styles,ddpo", _from_pretrained("prdp", run="pretrain_styles")),
-          RunSpec("prdp_beta1", PRDP_CONFIG, {**_from_pretrained("prdp"), "objective.options.beta": 1.0}),
-          RunSpec("prdp_beta100", PRDP_CONFIG, {**_from_pretrained("prdp"), "objective.options.beta": 100.0})),
+          RunSpec("prdp_styles", f"{PRDP_CONFIG}:styles", _from_pretrained(run="pretrain_styles")),
+          RunSpec("rdp_styles", f"{PRDP_CONFIG}:styles,rdp", _from_pretrained(run="pretrain_styles")),
+          RunSpec("ddpo_styles", f"{PRDP_CONFIG}:styles,ddpo", _from_pretrained(run="pretrain_styles")),
+          RunSpec("prdp_beta1", PRDP_CONFIG, {**_from_pretrained(), "objective.options.beta": 1.0}),
+          RunSpec("prdp_beta100", PRDP_CONFIG, {**_from_pretrained(), "objective.options.beta": 100.0})),
     quick=(RunSpec("pretrain", f"{PRDP_CONFIG}:tiny", {"stages": ("pretrain",)}),
-           RunSpec("prdp", f"{PRDP_CONFIG}:tiny", _from_pretrained("prdp", quick=True))),
+           RunSpec("prdp", f"{PRDP_CONFIG}:tiny", _from_pretrained())),
     seeds=3,
     render=prdp_table,
     paper=Paper("Deng et al. (2024), arXiv 2402.08714, Tables 1-2: HPSv2 of Stable Diffusion 1.4 fine-tuned on "
@@ -939,6 +972,155 @@ PRDP = register(Reproduction(
                  ("ddpo_styles", -1, "reward"): 0.2464, ("prdp", -1, "reward"): 0.3471,
                  ("ddpo", -1, "reward"): 0.3398}),
     claims=prdp_claims,
+))
+
+
+PRM_CONFIG = "configs/implicit_prm.py:chain_sums"
+PRM_STEPS = 100  # reward-model steps per scorer: 100 x 16 problems x 8 samples = 12,800 labelled samples
+PRM_BON = ("experiments.prm_best_of_n", "--num=32", "--samples=64", "--ns=1,4,16,64")
+# The implicit PRMs' learning rate: at the config's 1e-4 (kept by the ORM, whose head starts at
+# zero) a PRM drifted by about -0.5 nats per token from its reference within 50 steps on seed 0.
+PRM_LR = 1e-5
+
+
+def _prm_run(label: str, modifier: str = "", quick: bool = False) -> RunSpec:
+  """A scorer trained on the outcome labels of the seed's warmed-up policy, then evaluated."""
+  config = PRM_CONFIG + ("_tiny" if quick else "") + (f",{modifier}" if modifier else "")
+  overrides = {"stages": ("reward_model",), "init_from": "{runs}/warmup/seed{seed}"}
+  if not quick:
+    overrides.update({"reward_model.steps": PRM_STEPS, "reward_model.eval_every": PRM_STEPS})
+    if modifier != "orm":  # see PRM_LR
+      overrides["roles.prm.lr"] = PRM_LR
+  then = ("experiments.prm_best_of_n", "--num=4", "--samples=4", "--ns=1,4") if quick else PRM_BON
+  return RunSpec(label, config, overrides, then=then)
+
+
+PRM_SCORERS = ("ce", "dpo", "kto", "orm")
+PRM_NS = ("1", "4", "16", "64")
+
+
+def _prm_score(evaluation: Mapping[str, Any]) -> Mapping[str, float] | None:
+  """N -> Best-of-N accuracy of a scorer's evaluation: min-aggregated steps, or the ORM's one score."""
+  return evaluation.get("best_of_n/min") or evaluation.get("best_of_n/outcome")
+
+
+def _prm_values(records: Sequence[Record]) -> dict[str, dict[str, list[float]]]:
+  """row name -> column -> values over seeds, from the kept evaluations."""
+  rows: dict[str, dict[str, list[float]]] = {}
+
+  def put(row, column, value):
+    if isinstance(value, (int, float)):
+      rows.setdefault(row, {}).setdefault(column, []).append(float(value))
+
+  for r in records:
+    ev = r.get("evaluation")
+    if not ev or r["label"] not in PRM_SCORERS:
+      continue
+    last = r["results"][-1] if r["results"] else {}
+    put(r["label"], "pair accuracy", last.get("pair_accuracy"))
+    for n, v in (_prm_score(ev) or {}).items():
+      put(r["label"], f"BoN@{n}", v)
+    if ev.get("localisation"):
+      put(r["label"], "step-error F1", ev["localisation"].get("f1"))
+    if r["label"] == "ce":  # the same policy samples for every scorer of a seed: count them once
+      for n in PRM_NS:
+        put("majority vote", f"BoN@{n}", (ev.get("majority_vote") or {}).get(n))
+        put("policy likelihood", f"BoN@{n}", (ev.get("best_of_n/policy_likelihood") or {}).get(n))
+        put("random (pass@1)", f"BoN@{n}", ev.get("random"))
+        put("oracle (pass@N)", f"BoN@{n}", (ev.get("pass_at_n") or {}).get(n))
+  return rows
+
+
+def prm_table(records: Sequence[Record]) -> str:
+  rows = _prm_values(records)
+  if not rows:
+    return "No run of this reproduction is kept yet."
+  columns = ["pair accuracy", *(f"BoN@{n}" for n in PRM_NS), "step-error F1"]
+  seeds = sorted({r["seed"] for r in records})
+  lines = [f"Mean ± std over seeds {', '.join(map(str, seeds))}; BoN@N is Best-of-N accuracy on 32 held-out "
+           "problems (64 samples each).", "", "| scorer | " + " | ".join(columns) + " |",
+           "|---|" + "---|" * len(columns)]
+  for name in (*PRM_SCORERS, "majority vote", "policy likelihood", "random (pass@1)", "oracle (pass@N)"):
+    if name in rows:
+      cells = [format_mean_std(rows[name][c]) if rows[name].get(c) else "-" for c in columns]
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _beats(rows, a: str, b: str, column: str) -> tuple[str, float, float] | None:
+  """('higher' | 'lower' | 'level', mean a, mean b): a differs from b by more than their summed spread."""
+  if not rows.get(a, {}).get(column) or not rows.get(b, {}).get(column):
+    return None
+  (ma, sa, _), (mb, sb, _) = summarise(rows[a][column]), summarise(rows[b][column])
+  spread = (sa or 0.0) + (sb or 0.0)
+  return ("higher" if ma - mb > spread else "lower" if mb - ma > spread else "level"), ma, mb
+
+
+def prm_claims(records: Sequence[Record]) -> str:
+  """The paper's claims against the kept numbers, each with a verdict computed from them."""
+  rows = _prm_values(records)
+  if not all(s in rows for s in PRM_SCORERS) or "random (pass@1)" not in rows:
+    return "**Claims.** Not every run of the reproduction is kept yet: no verdict."
+  col = "BoN@64"
+  implicit = ("ce", "dpo", "kto")
+  vs_orm = {s: _beats(rows, s, "orm", col) for s in implicit}
+  vs_random = {s: _beats(rows, s, "random (pass@1)", col) for s in (*implicit, "orm")}
+  vs_vote = {s: _beats(rows, s, "majority vote", col) for s in implicit}
+  pair = {s: summarise(rows[s]["pair accuracy"])[0] for s in (*implicit, "orm") if rows[s].get("pair accuracy")}
+  f1 = {s: summarise(rows[s]["step-error F1"])[0] for s in implicit if rows[s].get("step-error F1")}
+
+  def say(verdicts):
+    return "; ".join(f"{s} {v[0]} ({v[1]:.3f} vs {v[2]:.3f})" for s, v in verdicts.items() if v)
+
+  one = ("shown" if any(v and v[0] == "higher" for v in vs_orm.values()) else "not shown")
+  useful = [s for s, v in vs_random.items() if v and v[0] == "higher"]
+  best = max(implicit, key=lambda s: summarise(rows[s][col])[0])
+  return (
+      f"**Claims.** (1) *An implicit PRM trained on outcome labels reranks better than an outcome reward model "
+      f"trained on the same labels* (the paper's Best-of-N tables): **{one}**: {col} {say(vs_orm)}. "
+      f"(2) *Any learned scorer beats random choice* (a precondition of every other claim): "
+      + (f"**shown** for {', '.join(useful)}" if useful else "**not shown**: no scorer's "
+         f"{col} is above pass@1 by more than the seeds' spread") + f" ({say(vs_random)}). "
+      f"(3) *Against majority vote over the final answers*: {say(vs_vote)}; the policy's own mean log-prob "
+      f"per token as the scorer: {say({'likelihood': _beats(rows, 'policy likelihood', 'random (pass@1)', col)})} "
+      "against random. "
+      f"(4) *The DPO variant is the strongest implicit PRM* (the paper, for Llama-3.1-8B): "
+      f"**{'shown' if best == 'dpo' else 'not shown'}** (best {col}: {best}). "
+      "Held-out pair accuracy (0.5 = chance): " + ", ".join(f"{s} {v:.3f}" for s, v in pair.items())
+      + "; step-error F1: " + ", ".join(f"{s} {v:.3f}" for s, v in f1.items()) + ". "
+      "What these runs do not show: anything at the paper's scale (7-70B generators, MATH-500, "
+      "hundreds of thousands of labelled samples) or its data-cost claim (38.8x cheaper than a "
+      "Math-Shepherd-style PRM, which is not built here); our scorers are 0.75M-parameter character-level transformers that "
+      f"saw {PRM_STEPS * 128:,} labelled samples of a policy that solves about 20% of the problems.")
+
+
+IMPLICIT_PRM = register(Reproduction(
+    name="implicit_prm",
+    title="Implicit PRM from outcome labels: Best-of-N and step-error localisation on chain sums",
+    description=(
+        "The implicit process reward model (Yuan et al., arXiv 2412.01981) is trained from outcome labels "
+        "only and read per step. Here the `mini` policy is warmed up on correct worked solutions of chain "
+        "sums (3-4 operands in 0..20, one line per step; 600 SFT steps, `warmup`, once per seed), then each "
+        "scorer starts from that policy (`config.init_from`) and trains for "
+        f"{PRM_STEPS} steps on 16 problems x 8 of the policy's own samples per step, labelled by the verifier "
+        "(final answer right or wrong): the implicit PRM with the cross-entropy loss (`ce`, beta 0.05, the paper's "
+        "default), the DPO loss over (correct, incorrect) pairs of a problem (`dpo`), the KTO loss (`kto`), and "
+        "the baseline, an outcome reward model of the same size (`orm`: the policy's backbone and a scalar head, "
+        "binary cross-entropy on the label at the last token). Each is then evaluated by "
+        "`experiments/prm_best_of_n.py` on 32 held-out problems with 64 samples each: Best-of-N accuracy (exact "
+        "expectation over draws of N of the 64) for N = 1, 4, 16, 64 with min-aggregated step rewards (the "
+        "ORM: its one score), against majority vote over the final answers, random choice (pass@1) and the "
+        "oracle (pass@N); and ProcessBench's step-error F1 on each problem's worked solution and a flawed one "
+        "with a known first wrong step (threshold chosen on half of the problems, scored on the other half). "
+        "`pair_accuracy` is the fraction of (correct, incorrect) pairs of samples of a held-out problem that "
+        "the scorer orders right (0.5 = chance)."),
+    runs=(RunSpec("warmup", PRM_CONFIG, {"stages": ("sft",)}),
+          _prm_run("ce"), _prm_run("dpo", "dpo"), _prm_run("kto", "kto"), _prm_run("orm", "orm")),
+    quick=(RunSpec("warmup", PRM_CONFIG + "_tiny", {"stages": ("sft",)}), _prm_run("ce", quick=True),
+           _prm_run("orm", "orm", quick=True)),
+    seeds=3,
+    render=lambda reproduction, records: prm_table(records),
+    claims=lambda records: prm_claims(records),
 ))
 
 

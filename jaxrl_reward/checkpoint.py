@@ -178,7 +178,8 @@ class Checkpointer:
                          "(a data file was changed)")
     return restored[_STATE], extra
 
-  def restore_newest_readable(self, abstract_for_step, *, validate=None) -> tuple[PyTree, dict, int] | None:
+  def restore_newest_readable(self, abstract_for_step, *, validate=None,
+                              set_aside: bool = True) -> tuple[PyTree, dict, int] | None:
     """Restores the newest checkpoint that reads back whole; None if there is no checkpoint.
 
     Args:
@@ -186,6 +187,9 @@ class Checkpointer:
         the step (a run's stages hold different states).
       validate: optional `state -> None` that raises on a state that read back but is not
         usable (for example non-finite parameters).
+      set_aside: rename each unreadable step to `unreadable-<step>` (a run resuming in its own
+        workdir); False leaves the directory as it is (a reader of another run's checkpoints,
+        which must never change them: a wrong abstract state there is the reader's mistake).
     Returns:
       `(state, extra, step)` of the newest readable step.
     Raises:
@@ -200,9 +204,9 @@ class Checkpointer:
           validate(state)
       except Exception as e:  # noqa: BLE001  (any failure to read a step makes it unusable)
         cause = one_line(e)
-        aside = self._set_aside(step)
-        print(f"warning: checkpoint step {step} in {self.directory} cannot be restored ({cause}); moved to "
-              f"{aside.name}, trying an older step", file=sys.stderr, flush=True)
+        moved = f"moved to {self._set_aside(step).name}, " if set_aside else ""
+        print(f"warning: checkpoint step {step} in {self.directory} cannot be restored ({cause}); {moved}"
+              "trying an older step", file=sys.stderr, flush=True)
         failures.append(f"step {step}: {cause}")
         continue
       return state, extra, step

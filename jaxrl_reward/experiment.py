@@ -17,6 +17,7 @@ checkpoints (orbax is multi-host safe).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import math
 import pathlib
@@ -97,7 +98,9 @@ class Experiment:
     if not (workdir / provenance.CONFIG_FILE).is_file():
       raise FileNotFoundError(f"config.init_from={str(workdir)!r} holds no run ({provenance.CONFIG_FILE} missing)")
     changes = provenance.config_changes(workdir, self.config)
-    differ = sorted(k for k in changes if k.split(".")[0] in INIT_FROM_BLOCKS and k not in INIT_FROM_FREE)
+    source_roles = set(json.loads((workdir / provenance.CONFIG_FILE).read_text(encoding="utf-8")).get("roles") or {})
+    differ = sorted(k for k in changes if k.split(".")[0] in INIT_FROM_BLOCKS
+                    and not _free_for_init_from(k, self.config, source_roles))
     if differ:
       raise ConfigMismatch(f"config.init_from={str(workdir)!r} was trained with other models or data: "
                            + "; ".join(f"{k}: {changes[k][0]!r} there, {changes[k][1]!r} here" for k in differ))
@@ -108,10 +111,11 @@ class Experiment:
     run has: a run of the same models (the `INIT_FROM_BLOCKS` of its config.json equal this
     config's) whose stages (e.g. only pre-training) this run continues with others."""
     workdir = self.check_init_from(workdir)
-    stages = json.loads((workdir / provenance.CONFIG_FILE).read_text(encoding="utf-8"))["stages"]
-    source = self.config.copy_and_resolve_references()
+    # The run's own config (its roles and stages lay out its checkpoints), from the models and
+    # data on (which `check_init_from` found equal to this config's).
+    source = provenance.recorded_config(workdir, self.config)
     with source.unlocked():
-      source.stages, source.init_from = tuple(stages), ""
+      source.init_from = ""
     state, _ = Experiment(source, mesh=self.mesh).restore(workdir)
     return {n: {"params": v["params"]} for n, v in state.items() if n in self.roles.specs and "params" in v}
 
@@ -123,9 +127,10 @@ class Experiment:
                         shapes, stage.state_shardings())
 
   def restore(self, workdir) -> tuple[Any, int]:
-    """(state, step) of the newest checkpoint of `workdir` that reads back whole."""
+    """(state, step) of the newest checkpoint of `workdir` that reads back whole, read only (an
+    evaluation or `init_from` never changes the run it reads)."""
     with checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints") as ckpt:
-      found = ckpt.restore_newest_readable(self.abstract_state)
+      found = ckpt.restore_newest_readable(self.abstract_state, set_aside=False)
     if found is None:
       raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
     state, extra, step = found
@@ -161,7 +166,7 @@ class Experiment:
                            "checked against this one; use a new workdir, or put back the run's config file")
     changes = provenance.config_changes(workdir, self.config)
     # A key added to the configs after the run started, left at its empty default, changes nothing.
-    changes = {k: v for k, v in changes.items() if not (v[0] is None and v[1] in ("", None))}
+    changes = {k: v for k, v in changes.items() if not (v[0] is None and v[1] in ("", None, []))}
     refused = {k: v for k, v in changes.items() if not provenance.allowed_change(k, allow_config_change)}
     if refused:
       listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in list(refused.items())[:8])
@@ -283,7 +288,7 @@ class Experiment:
       finite = [{k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()} for r in rows]
       (workdir / "results.json").write_text(json.dumps(finite, indent=2, allow_nan=False))  # strict JSON
       metrics_lib.plot_curves(workdir / "metrics.jsonl", workdir / "reward_curve.png",
-                              title=f"{self.config.objective.name} on {self.config.task.name}")
+                              title=f"{self.config.objective.name} on {self.config.task.name}", missing_ok=True)
     return {"rows": rows, "table": table}
 
 
@@ -301,7 +306,24 @@ def _peer_failures(watch: peers.PeerWatch):
 
 # The config blocks a run continued from `config.init_from` must share with it (its models and data).
 INIT_FROM_BLOCKS = ("model", "task", "roles", "diffusion", "pretrain", "warmup", "seed")
-INIT_FROM_FREE = ("task.num_prompts",)  # which conditions the RL stage samples: not part of the models
+# Keys of those blocks that are not part of the models: which conditions the RL stage samples, and
+# how a role trains (its learning rate, objective, and an LM role's objective options).
+INIT_FROM_FREE = ("task.num_prompts", "roles.*.lr", "roles.*.objective", "roles.*.trainable")
+
+
+def _free_for_init_from(key: str, config, source_roles=None) -> bool:
+  """Whether `key` may differ between a run and the run of its `config.init_from` (whose
+  config.roles names `source_roles`; None: the same roles as `config`)."""
+  if any(fnmatch.fnmatchcase(key, pattern) for pattern in INIT_FROM_FREE):
+    return True
+  parts = key.split(".")
+  if parts[0] == "roles" and len(parts) > 1 and source_roles is not None \
+      and (parts[1] not in source_roles or parts[1] not in config.roles):
+    return True  # a role only one of the runs has: nothing of it is carried over
+  if len(parts) > 3 and parts[0] == "roles" and parts[2] == "options":
+    role = config.roles.get(parts[1])  # an image role's options say what it models; an LM role's, how it trains
+    return role is not None and role.get("kind", "lm") in ("lm", "value")
+  return False
 
 
 class ConfigMismatch(ValueError):

@@ -35,7 +35,7 @@ import numpy as np
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 DEFAULT_PLOT_KEYS = ("train/reward", "eval/accuracy_greedy", "eval/accuracy_sampled", "eval/reward", "eval/guard",
-                     "loss/pretrain_policy")
+                     "loss/pretrain_policy", "eval/pair_accuracy", "eval/best_of_n")
 NONFINITE_KEY = "nonfinite"  # per line: name -> "nan" / "inf" / "-inf" of each value written as null
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -227,7 +227,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike, *,
-                keys: Sequence[str] = DEFAULT_PLOT_KEYS, title: str | None = None) -> list[str]:
+                keys: Sequence[str] = DEFAULT_PLOT_KEYS, title: str | None = None,
+                missing_ok: bool = False) -> list[str]:
   """Plots each of `keys` present in the metrics file against the step, one subplot each.
 
   Args:
@@ -235,11 +236,12 @@ def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike, *,
     out_png: the PNG to write (parent directories are created).
     keys: metric names to plot; those never logged are skipped.
     title: figure title.
+    missing_ok: when none of `keys` was logged, write nothing and return [] instead of raising.
   Returns:
     The keys plotted.
   Raises:
     FileNotFoundError: the metrics file is missing.
-    ValueError: none of `keys` was ever logged.
+    ValueError: none of `keys` was ever logged (and not `missing_ok`).
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -248,6 +250,8 @@ def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike, *,
   rows = read_metrics(metrics_path)
   present = [k for k in keys if any(k in row for row in rows)]
   if not present:
+    if missing_ok:
+      return []
     available = sorted({k for row in rows for k in row} - {"step"})
     raise ValueError(f"keys={tuple(keys)!r}: none was logged in {str(metrics_path)!r}; "
                      f"logged keys: {available}")

@@ -18,7 +18,9 @@ synthetic tasks); for merged byte-level pieces it is an approximation.
 
 `evaluate` scores a trained PRM run on held-out problems (`experiments/prm_best_of_n.py`):
 Best-of-N reranking of the policy's samples and step-error localisation of worked vs flawed
-solutions (see that script's docstring).
+solutions (see that script's docstring). The run's `config.reward_model.role` is the model scored:
+an implicit PRM, or an outcome reward model (a value role), which has one score per response and
+so only a Best-of-N ("best_of_n/outcome") and no localisation.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from jaxrl_reward.data import chain_sums
 from jaxrl_reward.rewards import arithmetic
 from jaxrl_reward.rollout import Rollout
 from objectives import implicit_prm
+from objectives import outcome_rm
 
 
 def token_char_ends(tokenizer, tokens: Sequence[int], *, cache: dict | None = None) -> np.ndarray:
@@ -99,15 +102,26 @@ def check_best_of_n(ns, samples, num):
     raise ValueError(f"--num={num} must be >= 2 (localisation chooses its threshold on one half)")
 
 
-def role_logprobs(context, state, rollout):
+def role_logprobs(context, state, rollout, role: str = "prm"):
   """(PRM log-probs, reference log-probs) `[B, T]` of a rollout's completion tokens."""
   roles = context.roles
-  return (roles["prm"].scorer.compute_logprobs(state["prm"]["params"], rollout),
+  return (roles[role].scorer.compute_logprobs(state[role]["params"], rollout),
           roles["reference"].scorer.compute_logprobs(state["reference"]["params"], rollout))
 
 
-def sample_and_score(context, state, examples, samples: int, key, *, beta: float, problems_per_batch: int):
-  """Per problem: step rewards `[M, S]`, steps `[M]`, correctness `[M]` and final answers (lists)."""
+def is_outcome_model(context, role: str) -> bool:
+  """Whether `role` is an outcome reward model (a value head: one score per response, no steps)."""
+  return context.roles.specs[role].kind == "value"
+
+
+def sample_and_score(context, state, examples, samples: int, key, *, beta: float, problems_per_batch: int,
+                     role: str = "prm"):
+  """Per problem: step rewards `[M, S]`, steps `[M]`, correctness `[M]`, the policy's mean log-prob
+  per token of each sample `[M]` (its own confidence, a scorer that needs no reward model) and
+  final answers (lists).
+
+  An outcome reward model (`is_outcome_model`) gives one "step" per response: its score `[M, 1]`.
+  """
   policy, tokenizer = context.roles.policy, context.task.tokenizer
   out = []
   for start in range(0, len(examples), problems_per_batch):
@@ -115,17 +129,24 @@ def sample_and_score(context, state, examples, samples: int, key, *, beta: float
     conditions, local = stages.prompt_groups(context, chunk, samples)
     rollout = policy.sample(state["policy"]["params"], conditions, jax.random.fold_in(key, start))
     texts = policy.decode(rollout)
-    prm_logp, ref_logp = role_logprobs(context, state, rollout)
-    actions, mask = np.asarray(rollout.actions), np.asarray(rollout.mask)
-    ends = step_end_mask(tokenizer, actions, mask, texts, chain_sums.step_end_offsets)
-    rewards, step_mask, _ = step_rewards(prm_logp, ref_logp, mask, ends, beta=beta)
-    rewards, steps = np.asarray(rewards), np.asarray(step_mask).sum(-1)
+    if is_outcome_model(context, role):
+      values = context.roles[role].scorer.compute_outputs(state[role]["params"], rollout)
+      rewards = np.asarray(outcome_rm.last_token_scores(values, rollout.mask))[:, None]
+      steps = np.ones((rewards.shape[0],), np.int64)
+    else:
+      prm_logp, ref_logp = role_logprobs(context, state, rollout, role)
+      actions, mask = np.asarray(rollout.actions), np.asarray(rollout.mask)
+      ends = step_end_mask(tokenizer, actions, mask, texts, chain_sums.step_end_offsets)
+      rewards, step_mask, _ = step_rewards(prm_logp, ref_logp, mask, ends, beta=beta)
+      rewards, steps = np.asarray(rewards), np.asarray(step_mask).sum(-1)
     correct = np.asarray(arithmetic.arithmetic_correctness([e["prompt"] for e in local], texts,
                                                            answer=[e["answer"] for e in local]), float)
     answers = [_as_int(arithmetic.extract_final_answer(t)) for t in texts]
+    sample_mask = np.asarray(rollout.mask)
+    likelihood = (np.asarray(rollout.old_logp) * sample_mask).sum(-1) / np.maximum(sample_mask.sum(-1), 1)
     for i in range(len(chunk)):
       rows = slice(i * samples, (i + 1) * samples)
-      out.append((rewards[rows], steps[rows], correct[rows], answers[rows]))
+      out.append((rewards[rows], steps[rows], correct[rows], likelihood[rows], answers[rows]))
   return out
 
 
@@ -137,7 +158,7 @@ def _as_int(answer):
     return None
 
 
-def teacher_forced_step_rewards(context, state, prompts, solutions, *, beta: float):
+def teacher_forced_step_rewards(context, state, prompts, solutions, *, beta: float, role: str = "prm"):
   """Step rewards `[B, S]` and step counts `[B]` of given solutions (each must have steps)."""
   policy, tokenizer = context.roles.policy, context.task.tokenizer
   t = context.config.task.max_completion_length
@@ -147,7 +168,7 @@ def teacher_forced_step_rewards(context, state, prompts, solutions, *, beta: flo
   rollout = Rollout(actions=jax.numpy.asarray(ids), mask=jax.numpy.asarray(mask, jax.numpy.float32),
                     old_logp=jax.numpy.zeros(ids.shape, jax.numpy.float32), group_ids=conditions["group_ids"],
                     extras={"prompt_ids": conditions["prompt_ids"], "prompt_mask": conditions["prompt_mask"]})
-  prm_logp, ref_logp = role_logprobs(context, state, rollout)
+  prm_logp, ref_logp = role_logprobs(context, state, rollout, role)
   ends = step_end_mask(tokenizer, ids, mask, solutions, chain_sums.step_end_offsets, require_steps=True)
   rewards, step_mask, _ = step_rewards(prm_logp, ref_logp, mask, ends, beta=beta)
   return np.asarray(rewards), np.asarray(step_mask).sum(-1)
@@ -165,7 +186,7 @@ def encode_solutions(tokenizer, texts, length: int):
   return ids, mask
 
 
-def localisation(context, state, examples, *, beta: float, seed: int) -> dict:
+def localisation(context, state, examples, *, beta: float, seed: int, role: str = "prm") -> dict:
   rng = np.random.default_rng(seed)
   prompts, solutions, truth = [], [], []
   for e in examples:
@@ -173,7 +194,7 @@ def localisation(context, state, examples, *, beta: float, seed: int) -> dict:
     prompts += [e["prompt"], e["prompt"]]
     solutions += [e["solution"], flawed]
     truth += [-1, chain_sums.first_error(labels)]
-  rewards, steps = teacher_forced_step_rewards(context, state, prompts, solutions, beta=beta)
+  rewards, steps = teacher_forced_step_rewards(context, state, prompts, solutions, beta=beta, role=role)
   truth = np.asarray(truth)
   half = 2 * (len(examples) // 2)
   threshold, f1_fit = prm_eval.choose_threshold(rewards[:half], steps[:half], truth[:half])
@@ -187,22 +208,33 @@ def evaluate(config, workdir, *, num: int, samples: int, ns, aggregations, probl
   check_best_of_n(ns, samples, num)
   e = experiment.Experiment(config)
   state, step = e.restore(workdir)
-  if "prm" not in state:
-    raise ValueError(f"{workdir}: the checkpoint of step {step} has no 'prm' role (roles: {sorted(state)})")
+  role = config.reward_model.role
+  if role not in state:
+    raise ValueError(f"{workdir}: the checkpoint of step {step} has no {role!r} role (config.reward_model.role; "
+                     f"roles: {sorted(state)})")
   context = e.context
+  outcome_only = is_outcome_model(context, role)
   beta = float(dict(config.objective.options).get("beta", 0.05))
   examples = context.task.eval[:num]
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1 << 22)
-  scored = sample_and_score(context, state, examples, samples, key, beta=beta, problems_per_batch=problems_per_batch)
-  correct = np.stack([c for _, _, c, _ in scored])
+  scored = sample_and_score(context, state, examples, samples, key, beta=beta, problems_per_batch=problems_per_batch,
+                            role=role)
+  correct = np.stack([c for _, _, c, _, _ in scored])
   result = {"workdir": str(workdir), "step": step, "objective": config.objective.name, "seed": config.seed,
             "num": len(examples), "samples": samples, "frac_correct": float(correct.mean()),
             "random": prm_eval.random_choice(correct),
             "pass_at_n": {n: prm_eval.pass_at_n(correct, n) for n in ns},
             "majority_vote": {n: prm_eval.majority_vote(np.asarray([a for *_, a in scored], object),
-                                                        [_as_int(ex["answer"]) for ex in examples], n) for n in ns}}
+                                                        [_as_int(ex["answer"]) for ex in examples], n) for n in ns},
+            "best_of_n/policy_likelihood": {n: prm_eval.best_of_n(np.stack([lp for *_, lp, _ in scored]), correct, n)
+                                            for n in ns}}
+  if outcome_only:  # one score per response: no aggregation, no step to localise
+    scores = np.stack([r[:, 0] for r, *_ in scored])
+    result["best_of_n/outcome"] = {n: prm_eval.best_of_n(scores, correct, n) for n in ns}
+    result["localisation"] = None
+    return result
   for how in aggregations:
-    scores = np.stack([prm_eval.aggregate_steps(r, s, how=how) for r, s, _, _ in scored])
+    scores = np.stack([prm_eval.aggregate_steps(r, s, how=how) for r, s, *_ in scored])
     result[f"best_of_n/{how}"] = {n: prm_eval.best_of_n(scores, correct, n) for n in ns}
-  result["localisation"] = localisation(context, state, examples, beta=beta, seed=config.seed)
+  result["localisation"] = localisation(context, state, examples, beta=beta, seed=config.seed, role=role)
   return result

@@ -20,8 +20,10 @@ import platform
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ml_collections import config_dict
 
 CONFIG_FILE = "config.json"
 PROVENANCE_FILE = "provenance.json"
@@ -90,6 +92,36 @@ def config_to_dict(config: Any) -> dict:
 def write_config(workdir: str | os.PathLike, config: Any) -> pathlib.Path:
   """Writes `<workdir>/config.json` from a `ConfigDict` (or mapping); returns its path."""
   return _write_json(pathlib.Path(workdir) / CONFIG_FILE, config_to_dict(config))
+
+
+def recorded_config(workdir: str | os.PathLike, defaults: Any = None, *, whole: Sequence[str] = ("roles",)):
+  """The config a run in `workdir` recorded (its config.json) as a `ConfigDict`, lists as tuples.
+
+  `defaults` (a config) fills the keys the record lacks (a run from before a key existed):
+  the record wins wherever it has a value, and the blocks named in `whole` come from the record
+  alone (a role the record lacks was not part of that run).
+  """
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  try:
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path} is not a readable config ({e}); it records the run of this workdir") from e
+
+  def merge(base, top, depth=0):
+    if not isinstance(base, Mapping) or not isinstance(top, Mapping):
+      return top
+    out = dict(base)
+    for key, value in top.items():
+      out[key] = value if depth == 0 and key in whole else merge(base.get(key), value, depth + 1)
+    return out
+
+  def tuples(x):
+    if isinstance(x, Mapping):
+      return {k: tuples(v) for k, v in x.items()}
+    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+
+  merged = merge(config_to_dict(defaults), recorded) if defaults is not None else recorded
+  return config_dict.ConfigDict(tuples(merged))
 
 
 CHANGES_FILE = "config_changes.jsonl"

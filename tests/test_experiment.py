@@ -210,3 +210,18 @@ def test_hf_checkpoint_is_the_starting_policy(tmp_path):
   t.stages[0].step(state, 0)  # donates the state's buffers ...
   for a, b in zip(expected, _params_np(t.initial_state())):  # ... the loaded weights survive
     np.testing.assert_array_equal(a, b)
+
+
+def test_init_from_ignores_how_roles_train_but_not_what_they_model():
+  from configs import prdp_digits
+  lm, images = implicit_prm_config.get_config("chain_sums"), prdp_digits.get_config("tiny")
+  free = experiment_lib._free_for_init_from  # pylint: disable=protected-access
+  assert free("roles.prm.lr", lm) and free("roles.prm.objective", lm) and free("roles.prm.options.beta", lm)
+  assert free("task.num_prompts", images)
+  assert not free("roles.prm.kind", lm) and not free("roles.prm.init", lm) and not free("model.name", lm)
+  # An image role's options say what it predicts: a change there is a different model.
+  assert not free("roles.reward_model.options.target", images)
+  # A role that only one of the two runs has carries nothing over (an ORM run from a PRM run's warm-up).
+  orm = implicit_prm_config.get_config("chain_sums,orm")
+  assert free("roles.prm.kind", orm, {"prm"}) and free("roles.orm.kind", orm, {"prm"})
+  assert not free("roles.orm.kind", orm, {"orm"})

@@ -327,6 +327,22 @@ def test_value_mse_ignores_masked_values(shape, seed, value, empty_row, clip_ran
   assert_same(run(clean), run(bad), "value_mse")
 
 
+@SETTINGS
+@hypothesis.given(shape=shapes, seed=st.integers(0, 2**16), value=st.sampled_from(POISONS), empty_row=st.booleans())
+def test_outcome_rm_ignores_masked_values(shape, seed, value, empty_row):
+  b, t = shape
+  rng = np.random.default_rng(seed)
+  mask = make_mask(rng, b, t, empty_row)
+  values = normal(rng, (b, t))
+  labels = (rng.random(b) < 0.5).astype(np.float32)
+  bad_labels = np.where(mask.sum(-1) > 0, labels, value).astype(np.float32)  # an empty row's label: unread
+
+  def run(x, y):
+    return objective_value_and_grad(functools.partial(registry.get("outcome_rm_bce"), batch={"mask": mask, "labels": y}), x)
+
+  assert_same(run(values, labels), run(poison(values, mask == 0, value), bad_labels), "outcome_rm_bce")
+
+
 # ----------------------------------------------------------------------------- PRIME, likelihood rewards
 
 

@@ -164,6 +164,10 @@ def test_plot_curves_writes_png_of_present_keys(tmp_path):
   assert data.startswith(b"\x89PNG") and len(data) > 1000
   with pytest.raises(ValueError, match="train/reward"):
     metrics_lib.plot_curves(tmp_path, out, keys=("stats/kl",))
+  # A run's summary (a reward-model-only run logs none of the default keys) must not fail.
+  other = tmp_path / "other.png"
+  assert metrics_lib.plot_curves(tmp_path, other, keys=("stats/kl",), missing_ok=True) == []
+  assert not other.exists()
   with pytest.raises(FileNotFoundError):
     metrics_lib.plot_curves(tmp_path / "missing.jsonl", out)
 

@@ -93,5 +93,34 @@ def test_best_of_n_arguments_and_roles_are_checked(prm_run, tmp_path):
     process_rewards.check_best_of_n([1, 8], 4, 10)
   config = implicit_prm_config.get_config("chain_sums_tiny")
   config.roles = {}
-  with pytest.raises(ValueError, match="config.reward_model.role='prm' must name a language-model role"):
+  with pytest.raises(ValueError, match="config.reward_model.role=.prm. must name a role of config.roles of kind .lm."):
     experiment_lib.Experiment(config, mesh=support.one_device())
+
+
+@pytest.mark.slow
+def test_evaluate_a_prm_run_and_an_orm_run_from_its_warm_up(tmp_path):
+  """`evaluate` end to end: an implicit-PRM run, then an outcome-RM run that starts from its
+  warm-up (`init_from`); Best-of-1 is pass@1 for any scorer, and the ORM has no localisation."""
+  prm_config = implicit_prm_config.get_config("chain_sums_tiny")
+  experiment_lib.Experiment(prm_config, mesh=support.one_device()).run(tmp_path / "prm")
+  orm_config = implicit_prm_config.get_config("chain_sums_tiny,orm")
+  orm_config.stages, orm_config.init_from = ("reward_model",), str(tmp_path / "prm")
+  experiment_lib.Experiment(orm_config, mesh=support.one_device()).run(tmp_path / "orm")
+  kwargs = dict(num=4, samples=4, ns=[1, 4], aggregations=["min", "sum"], problems_per_batch=2)
+  prm = process_rewards.evaluate(prm_config, tmp_path / "prm", **kwargs)
+  orm = process_rewards.evaluate(orm_config, tmp_path / "orm", **kwargs)
+  for result, scorers in ((prm, ("best_of_n/min", "best_of_n/sum", "best_of_n/policy_likelihood")),
+                          (orm, ("best_of_n/outcome", "best_of_n/policy_likelihood"))):
+    assert result["pass_at_n"][1] == pytest.approx(result["random"]) == pytest.approx(result["frac_correct"])
+    for key in scorers:
+      assert result[key][1] == pytest.approx(result["random"])  # best of one draw: a random draw
+      assert 0.0 <= result[key][4] <= result["pass_at_n"][4] + 1e-9
+  assert orm["frac_correct"] == pytest.approx(prm["frac_correct"])  # the same policy, samples and problems
+  assert orm["localisation"] is None and "best_of_n/min" not in orm
+  assert set(prm["localisation"]) >= {"threshold", "f1"}
+  # Reading a run with the wrong config fails, and leaves the run's checkpoints where they are.
+  steps = sorted(p.name for p in (tmp_path / "prm" / "checkpoints").iterdir())
+  with pytest.raises(RuntimeError, match="no checkpoint .* can be restored"):
+    process_rewards.evaluate(orm_config, tmp_path / "prm", **kwargs)
+  assert sorted(p.name for p in (tmp_path / "prm" / "checkpoints").iterdir()) == steps
+  assert not any(name.startswith("unreadable") for name in steps)

@@ -13,7 +13,7 @@ def test_options_come_from_the_signature():
   assert registry.defaults("grpo")["loss_type"] == "dapo" and registry.defaults("grpo")["epsilon_high"] == 0.28
   assert registry.resolve_options("prdp", {"clip_eps": 1e-4}) == {**registry.defaults("prdp"), "clip_eps": 1e-4}
   assert registry.spec("implicit_prm_ce").stage == "reward_model" and registry.spec("rdp").stage == "rl"
-  assert registry.names("reward_model") == ["implicit_prm_ce", "implicit_prm_dpo", "implicit_prm_kto"]
+  assert registry.names("reward_model") == ["implicit_prm_ce", "implicit_prm_dpo", "implicit_prm_kto", "outcome_rm_bce"]
 
 
 def test_unknown_and_missing_options_are_named():

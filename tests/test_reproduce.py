@@ -136,7 +136,7 @@ def test_unknown_reproduction_lists_the_known_ones():
   result = subprocess.run([sys.executable, "-m", "experiments.reproduce", "nope"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode != 0
-  assert "unknown reproduction 'nope'; known: likelihood_rewards, main_job, prdp" in result.stdout + result.stderr
+  assert "unknown reproduction 'nope'; known: implicit_prm, likelihood_rewards, main_job, prdp" in result.stdout + result.stderr
 
 
 def test_runs_can_be_chosen_by_label_and_overrides_take_the_seed(tmp_path):
@@ -182,3 +182,39 @@ def test_quick_main_job_run_end_to_end(tmp_path):
   assert line["wall_s"] > 0 and line["jax"] and line["date_utc"] and not line["resumed"]
   assert (workdir / reproduce.LOG_FILE).is_file()
   assert reproduce.render_document(results, output) == before  # quick lines never rendered
+
+
+def test_runs_placeholder_names_the_reproductions_run_directory():
+  spec = reproduce.RunSpec("ce", "configs/x.py", {"init_from": "{runs}/warmup/seed{seed}"})
+  assert "--config.init_from=/r/implicit_prm/warmup/seed1" in spec.args("/r/implicit_prm/ce/seed1", 1)
+
+
+def _prm_record(label, seed, pair, bon, f1=None, extra=None):
+  evaluation = {("best_of_n/outcome" if label == "orm" else "best_of_n/min"): dict(zip(("1", "4", "16", "64"), bon)),
+                "localisation": None if f1 is None else {"f1": f1}, **(extra or {})}
+  record = _record("implicit_prm", label, seed, [])
+  record["results"] = [{"stage": "after reward model", "step": 700, "pair_accuracy": pair}]
+  return {**record, "evaluation": evaluation}
+
+
+def test_prm_table_and_claims_follow_the_numbers():
+  shared = {"random": 0.2, "majority_vote": {"1": 0.2, "4": 0.25, "16": 0.3, "64": 0.3},
+            "pass_at_n": {"1": 0.2, "4": 0.5, "16": 0.7, "64": 0.8}}
+  records = []
+  for seed, jitter in enumerate((0.0, 0.01, -0.01)):
+    records += [_prm_record("ce", seed, 0.7, (0.2, 0.3, 0.4, 0.5 + jitter), 0.6, shared),
+                _prm_record("dpo", seed, 0.6, (0.2, 0.25, 0.3, 0.35 + jitter), 0.5),
+                _prm_record("kto", seed, 0.5, (0.2, 0.2, 0.2, 0.2 + jitter), 0.4),
+                _prm_record("orm", seed, 0.5, (0.2, 0.21, 0.22, 0.21 + jitter))]
+  table = reproduce.prm_table(records)
+  assert _table_row(table, "ce").split("|")[6].strip() == "0.500 ± 0.010"  # BoN@64
+  assert _table_row(table, "oracle (pass@N)").split("|")[6].strip() == "0.800 ± 0.000"
+  assert _table_row(table, "orm").split("|")[7].strip() == "-"  # an ORM localises nothing
+  claims = reproduce.prm_claims(records)
+  assert "**shown**: BoN@64 ce higher (0.500 vs 0.210)" in claims
+  assert "**shown** for ce, dpo" in claims and "(best BoN@64: ce)" in claims
+  assert "strongest implicit PRM* (the paper, for Llama-3.1-8B): **not shown**" in claims
+  worse = [r if r["label"] != "ce" else _prm_record("ce", r["seed"], 0.5, (0.2, 0.2, 0.2, 0.2), 0.5, shared)
+           for r in records if r["label"] != "dpo"] + [_prm_record("dpo", s, 0.5, (0.2,) * 4, 0.5) for s in range(3)]
+  assert "**not shown**: no scorer's BoN@64 is above pass@1" in reproduce.prm_claims(worse)
+  assert "no verdict" in reproduce.prm_claims(records[:2])

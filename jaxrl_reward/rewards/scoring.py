@@ -19,11 +19,17 @@ options. `RewardSet.score` puts on the rollout:
 - `labels` `[B]` (when asked): the verifier's score (`config.rewards.eval_name`) in [0, 1],
   the outcome labels of a reward model.
 
+`config.rewards.verified_fraction` < 1 (PURE's setting: verifiable rewards for a fraction of the
+problems only) gives the host-side rewards on that fraction of the problems, a fixed set (a hash
+of the prompt), and 0 on the others (a group's leave-one-out advantage is then 0: no verifiable
+signal); in-jit rewards and `labels` are not affected.
+
 With several processes each one scores its own rows with the host-side functions; the scores
 are gathered so that every process holds the whole batch's rewards.
 """
 from __future__ import annotations
 
+import zlib
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -77,6 +83,12 @@ def reward_specs(rewards_config) -> tuple[list[tuple[str, Any, float]], list[tup
   return host, model
 
 
+def is_verified(prompt: str, fraction: float) -> bool:
+  """Whether `prompt`'s problem is among the `fraction` of problems with a verifiable reward
+  (a fixed set: the same problems at every step, on every process)."""
+  return zlib.crc32(prompt.encode("utf-8")) < fraction * 2**32
+
+
 class RewardSet:
   """Scores rollouts with a config's rewards (see the module docstring)."""
 
@@ -94,6 +106,10 @@ class RewardSet:
     self._preparing = preparing[0] if preparing else None
     self.label_name = rewards_config.eval_name if with_labels else None
     self.nonfinite = rewards_config.get("nonfinite", "error")
+    fraction = rewards_config.get("verified_fraction", None)
+    self.verified_fraction = 1.0 if fraction is None else float(fraction)
+    if not 0.0 <= self.verified_fraction <= 1.0:
+      raise ValueError(f"rewards.verified_fraction={self.verified_fraction} must be in [0, 1]")
     if self.model:
       placement = roles["policy"].placement
       self._model_terms = placement.jit(
@@ -156,6 +172,11 @@ class RewardSet:
       local = host_rewards.compute_rewards([name for name, _, _ in self.host], prompts, completions, columns,
                                            nonfinite=self.nonfinite)
       per_fn = sharding.gather_rows(np.asarray(local, np.float32))  # [B, F], NaN = missing
+      if self.verified_fraction < 1.0:
+        verified = sharding.gather_rows(
+            np.asarray([is_verified(p, self.verified_fraction) for p in prompts], np.float32)) > 0.5
+        per_fn = np.where(verified[:, None] | np.isnan(per_fn), per_fn, 0.0).astype(np.float32)
+        stats["train/rewards/verified_frac"] = float(np.mean(verified))
       stats["train/rewards/missing_frac"] = float(np.mean(np.isnan(per_fn)))
       weights = np.asarray([w for _, _, w in self.host], np.float32)
       combined, all_missing = advantages_lib.combine_rewards(jnp.asarray(per_fn), jnp.asarray(weights))

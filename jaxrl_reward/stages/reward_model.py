@@ -14,6 +14,9 @@ separates correct from incorrect samples.
 """
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +29,29 @@ from jaxrl_reward.data import batching
 from jaxrl_reward.rewards import scoring
 from jaxrl_reward.stages import rl
 from jaxrl_reward.state import role_specs
+from objectives import outcome_rm
 from objectives import registry
+
+# What an objective of the stage reads -> the kind of role it trains.
+ROLE_KIND = {"logprobs": "lm", "values": "value"}
+
+
+def objective_of(config) -> tuple[str, Any, str]:
+  """(name, options, config key) of the stage's objective: `config.reward_model.objective` when
+  set (a run whose RL stage follows, with `config.objective` for the policy), else `config.objective`."""
+  block = config.reward_model
+  if block.get("objective"):
+    return block.objective, block.get("options") or {}, "config.reward_model.objective"
+  return config.objective.name, config.objective.options, "config.objective.name"
+
+
+def outcome_scores(scorer, inputs: str, beta: float, params, rollout) -> jax.Array:
+  """`[B]` a reward model's score of each whole response: beta sum_t (log pi - log pi_ref) for an
+  implicit PRM (its outcome reward r), the value at the last token for an ORM."""
+  outputs = scorer.outputs(params, rollout)
+  if inputs == "values":
+    return outcome_rm.last_token_scores(outputs, rollout.mask)
+  return beta * jnp.sum((outputs - rollout.ref_logp) * rollout.mask, axis=-1)
 
 
 class RewardModel(stages.Stage):
@@ -41,11 +66,13 @@ class RewardModel(stages.Stage):
                        "(steps, role, eval_every); see configs/implicit_prm.py")
     specs = role_specs(c)
     role = c.reward_model.role
-    if role not in specs or specs[role].kind != "lm":
-      raise ValueError(f"config.reward_model.role={role!r} must name a language-model role of config.roles "
-                       f"(kind='lm'); config.roles has {sorted(specs)}")
-    rl.check_objective(c.objective.name, stage="reward_model", inputs="logprobs", where="config.objective.name")
-    registry.resolve_options(c.objective.name, c.objective.options)
+    if role not in specs or specs[role].kind not in ROLE_KIND.values():
+      raise ValueError(f"config.reward_model.role={role!r} must name a role of config.roles of kind 'lm' (an "
+                       f"implicit PRM) or 'value' (an outcome reward model); config.roles has {sorted(specs)}")
+    inputs = next(i for i, kind in ROLE_KIND.items() if kind == specs[role].kind)
+    name, options, where = objective_of(c)
+    rl.check_objective(name, stage="reward_model", inputs=inputs, where=where)
+    registry.resolve_options(name, options)
     scoring.reward_specs(c.rewards)
     if c.rollout.prompts_per_step % c.train.grad_accum_steps:
       raise ValueError(f"rollout.prompts_per_step={c.rollout.prompts_per_step} does not split into "
@@ -59,8 +86,9 @@ class RewardModel(stages.Stage):
     self.role = c.reward_model.role
     roles = context.roles
     role = roles[self.role]
-    self.objective = registry.spec(c.objective.name)
-    self.options = registry.resolve_options(c.objective.name, c.objective.options)
+    name, options, _ = objective_of(c)
+    self.objective = registry.spec(name)
+    self.options = registry.resolve_options(name, options)
     self.group_size, self.prompts = int(c.rollout.group_size), int(c.rollout.prompts_per_step)
     self.accum = int(c.train.grad_accum_steps)
     self.rewards = scoring.RewardSet(c.rewards, roles, with_labels=True)
@@ -70,18 +98,16 @@ class RewardModel(stages.Stage):
     self.loss = learner.objective_loss(role.scorer, self.objective.fn, self.options)
     self.update = learner.make_update(self.loss, self.optimizer, self.placement, num_microbatches=self.accum,
                                       group_size=self.group_size, loss_key=f"loss/{self.role}")
-    scorer, rows = role.scorer, context.placement.rows
-    beta = float(self.options.get("beta", 1.0))
+    self.needs_reference = self.objective.needs_reference(self.options)
     self._scores = context.placement.jit(
-        lambda params, rollout: beta * jnp.sum((scorer.outputs(params, rollout) - rollout.ref_logp)
-                                               * rollout.mask, axis=-1),
-        in_shardings=(self.placement.params, rows), out_shardings=rows)
+        functools.partial(outcome_scores, role.scorer, self.objective.inputs, float(self.options.get("beta", 1.0))),
+        in_shardings=(self.placement.params, context.placement.rows), out_shardings=context.placement.rows)
 
   def check(self) -> None:
     stages.check_divides("rollout batch (prompts_per_step x group_size)", self.prompts * self.group_size,
                          self.ctx.placement.batch_shards)
     rollout = stages.abstract_rollout(self.ctx.config, self.prompts * self.group_size // self.accum,
-                                      reference=True)
+                                      reference=self.needs_reference)
     jax.eval_shape(self.loss, self.ctx.roles[self.role].abstract_params, rollout)
 
   def enter(self, state):
@@ -105,8 +131,9 @@ class RewardModel(stages.Stage):
     ctx, policy = self.ctx, self.ctx.roles.policy
     conditions, local = stages.prompt_groups(ctx, examples, self.group_size)
     rollout = policy.sample(state["policy"]["params"], conditions, key)
-    rollout = rollout.update(ref_logp=ctx.roles["reference"].scorer.compute_logprobs(
-        state["reference"]["params"], rollout))
+    if self.needs_reference:
+      rollout = rollout.update(ref_logp=ctx.roles["reference"].scorer.compute_logprobs(
+          state["reference"]["params"], rollout))
     rollout, stats = self.rewards.score(rollout, state, prompts=[e["prompt"] for e in local],
                                         completions=policy.decode(rollout), columns=scoring.columns_of(local))
     return rollout, stats

@@ -41,6 +41,7 @@ from jaxrl_reward.state import role_specs
 from objectives import advantages as advantages_lib
 from objectives import estimators
 from objectives import logprob_rewards
+from objectives import prime
 from objectives import registry
 
 OLD_LOGP = ("auto", "sampler", "recompute")
@@ -83,6 +84,7 @@ class Settings:
   old_logp: str
   tis_cap: float
   std_filter_beta: float
+  accuracy_filter: tuple[float, float] | None
 
 
 def settings(config) -> Settings:
@@ -123,11 +125,22 @@ def settings(config) -> Settings:
     raise ValueError(f"rewards.std_filter_beta must be >= 0 (0: off), got {std_filter_beta}")
   if int(c.rewards.get("std_filter_start_step", 11)) < 2:
     raise ValueError(f"rewards.std_filter_start_step must be >= 2, got {c.rewards.std_filter_start_step}")
+  accuracy_filter = tuple(c.rewards.get("accuracy_filter", ()) or ())
+  if accuracy_filter and (len(accuracy_filter) != 2 or not 0.0 <= accuracy_filter[0] <= accuracy_filter[1] <= 1.0):
+    raise ValueError(f"rewards.accuracy_filter={accuracy_filter!r} must be () (off) or (low, high) with "
+                     "0 <= low <= high <= 1 (PRIME: (0.2, 0.8))")
   check_groups(config)
   return Settings(objective, options, estimator, estimator_options, role_objectives, value_role,
-                  needs_labels=any(specs[n].kind == "lm" for n in role_objectives),
+                  needs_labels=any(specs[n].kind == "lm" for n in role_objectives) or bool(accuracy_filter),
                   needs_reference=bool(needs_reference), old_logp=old_logp, tis_cap=tis_cap,
-                  std_filter_beta=std_filter_beta)
+                  std_filter_beta=std_filter_beta,
+                  accuracy_filter=tuple(float(x) for x in accuracy_filter) or None)
+
+
+def _drop_rows(rollout: Rollout, keep: jax.Array) -> Rollout:
+  """The rollout with the rows where `keep` is False invalid and fully masked (out of every update)."""
+  masked = {k: rollout[k] * keep[:, None].astype(rollout[k].dtype) for k in ("mask", "answer_mask") if k in rollout}
+  return rollout.update(valid=rollout["valid"] & keep, **masked)
 
 
 def _logp_gap(sampler_logp, learner_logp, mask):
@@ -154,6 +167,7 @@ class RL(stages.Stage):
     self.old_logp, self.tis_cap, self.value_role = s.old_logp, s.tis_cap, s.value_role
     self.needs_reference = s.needs_reference
     self.std_filter_beta = s.std_filter_beta
+    self.accuracy_filter = s.accuracy_filter
     self.std_filter_start = int(c.rewards.get("std_filter_start_step", 11))
     # Every role of config.roles is in the state; the trainable ones update online.
     self.extra_roles = [n for n in roles.specs if n not in ("policy", "reference")]
@@ -189,6 +203,8 @@ class RL(stages.Stage):
     self._gap = self.ctx.placement.jit(_logp_gap, in_shardings=(rows, rows, rows), out_shardings=replicated)
     self._filter = self.ctx.placement.jit(self._filter_fn, in_shardings=(replicated, rows),
                                           out_shardings=(replicated, rows, replicated))
+    self._accuracy_filter = self.ctx.placement.jit(self._accuracy_filter_fn, in_shardings=(rows,),
+                                                   out_shardings=(rows, replicated))
 
   # -- start-up checks --------------------------------------------------------------------
 
@@ -217,7 +233,10 @@ class RL(stages.Stage):
     roles = self.ctx.roles
     new = {"policy": {"params": state["policy"]["params"] if "policy" in state
                       else roles.create("policy", state)}}
-    new.update({n: {"params": roles.create(n, new)} for n in self.role_names if n != "policy"})
+    # A role an earlier stage trained (a reward-model stage's PRM), or that `config.init_from`
+    # brought, keeps its parameters; the others start as their `init` says.
+    new.update({n: {"params": state[n]["params"] if n in state else roles.create(n, new)}
+                for n in self.role_names if n != "policy"})
     for n, opt in self.optimizers.items():
       placement = self.placements[n]
       new[n]["opt_state"] = placement.jit(opt.init, in_shardings=(placement.params,),
@@ -259,9 +278,13 @@ class RL(stages.Stage):
     start = self.std_filter_start
     filter_state, keep = logprob_rewards.std_filter_update(filter_state, stds, beta_f=self.std_filter_beta,
                                                            start_step=start, ema_start_step=(start + 1) // 2)
-    rows = jnp.repeat(keep, self.group_size)
-    masked = {k: rollout[k] * rows[:, None] for k in ("mask", "answer_mask") if k in rollout}
-    return filter_state, rollout.update(valid=rollout["valid"] & rows, **masked), jnp.mean(keep.astype(jnp.float32))
+    return filter_state, _drop_rows(rollout, jnp.repeat(keep, self.group_size)), jnp.mean(keep.astype(jnp.float32))
+
+  def _accuracy_filter_fn(self, rollout: Rollout):
+    """PRIME's accuracy filter: the groups whose verifier accuracy is outside [low, high] leave the update."""
+    low, high = self.accuracy_filter
+    keep = prime.accuracy_filter(rollout["labels"], group_size=self.group_size, low=low, high=high)
+    return _drop_rows(rollout, keep), jnp.mean(keep.astype(jnp.float32))
 
   def _stats_fn(self, rollout: Rollout) -> dict:
     mask = rollout.mask
@@ -353,6 +376,8 @@ class RL(stages.Stage):
     if self.std_filter_beta:
       state["std_filter"], rollout, kept = self._filter(state["std_filter"], rollout)
       stats["train/std_filter/kept_frac"] = kept
+    if self.accuracy_filter:
+      rollout, stats["train/accuracy_filter/kept_frac"] = self._accuracy_filter(rollout)
     rollout = self._advantages(rollout)
     # frac_valid counts the rows with a reward, before the std filter takes groups out.
     stats.update(self._stats(rollout.update(valid=valid)))

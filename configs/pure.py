@@ -1,0 +1,62 @@
+"""PURE: RL on a process reward model's rewards with min-form credit (Cheng et al., arXiv 2504.15275).
+
+Stages: supervised warm-up of the `mini` policy on worked chain sums, then an implicit PRM trained
+from the verifier's outcome labels of the policy's samples (the reward-model stage of
+`configs/implicit_prm.py:chain_sums`, with its own objective `reward_model.objective`), then RL in
+which that PRM is frozen and its per-token rewards beta log pi_prm / pi_ref are the reward. Credit:
+
+- min-form (default; `advantage.estimator = "pure_min_form"`): the return of a token is a soft
+  minimum of the process rewards that follow (softmax weights at temperature 0.1), PURE's remedy
+  for reward hacking;
+- sum-form (modifier `sum`; the `prime` estimator on the process rewards, leave-one-out baselines,
+  gamma 1): the return is the sum of the process rewards that follow, the usual credit.
+
+Modifier `verified`: the verifier's outcome reward is added on 10% of the problems
+(`rewards.verified_fraction`), PURE's best setting. To fine-tune from the PRM of an earlier run
+instead of training one, pass `--config.stages='("rl",)' --config.init_from=<that run>`.
+
+    python -m experiments.train --config=configs/pure.py --workdir=/tmp/pure
+    python -m experiments.train --config=configs/pure.py:sum,verified --workdir=/tmp/pure_sum_verified
+
+Variants: (none) the chain-sums run on 2 CPU cores; tiny: seconds, for tests.
+"""
+from ml_collections import config_dict
+
+from configs import implicit_prm
+
+VARIANTS = ("tiny",)
+MODIFIERS = ("sum", "verified")
+PRM_BETA = 0.05
+PRM_LR = 1e-5  # as the implicit_prm reproduction's PRMs
+VERIFIED_FRACTION = 0.1
+
+
+def get_config(variant: str | None = None) -> config_dict.ConfigDict:
+  parts = [v.strip() for v in (variant or "").split(",")]
+  base, modifiers = (parts[0], parts[1:]) if parts[0] not in MODIFIERS else ("", parts)
+  if base not in ("", *VARIANTS):
+    raise ValueError(f"unknown variant {base!r} of configs/pure.py; known: {VARIANTS}")
+  c = implicit_prm.get_config("chain_sums_tiny" if base == "tiny" else "chain_sums")
+  c.stages = ("sft", "reward_model", "rl")
+  c.reward_model.objective = "implicit_prm_ce"
+  c.reward_model.options = config_dict.ConfigDict(dict(beta=PRM_BETA))
+  c.roles.prm = config_dict.ConfigDict(dict(kind="lm", init="policy", trainable=False, objective="implicit_prm_ce",
+                                            lr=PRM_LR, options=config_dict.ConfigDict()))
+  c.objective.name = "grpo"
+  c.objective.options = config_dict.ConfigDict()
+  c.rewards.names, c.rewards.weights = ("implicit_prm",), (1.0,)
+  c.rewards.options = config_dict.ConfigDict(dict(implicit_prm=dict(beta=PRM_BETA)))
+  c.advantage.estimator = "pure_min_form"
+  c.advantage.options = config_dict.ConfigDict(dict(temperature=0.1, outcome_coef=1.0))
+  c.train.steps = 100 if base == "" else 2
+  c.eval.every = 25 if base == "" else 2
+  for name in modifiers:
+    if name not in MODIFIERS:
+      raise ValueError(f"unknown modifier {name!r} of configs/pure.py; known: {MODIFIERS}")
+    if name == "sum":
+      c.advantage.estimator = "prime"
+      c.advantage.options = config_dict.ConfigDict(dict(process_coef=1.0, outcome_coef=1.0))
+    else:
+      c.rewards.names, c.rewards.weights = ("arithmetic_correctness", "implicit_prm"), (1.0, 1.0)
+      c.rewards.verified_fraction = VERIFIED_FRACTION
+  return c
