@@ -23,6 +23,7 @@ role `orm` of kind "value", binary cross-entropy on the label at the last token,
 from ml_collections import config_dict
 
 from configs import grpo_arithmetic
+from configs import variants
 
 
 VARIANTS = ("tiny", "chain_sums", "chain_sums_tiny")
@@ -36,11 +37,9 @@ def chain_sums_task(c: config_dict.ConfigDict) -> None:
 
 
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
-  variant, *modifiers = [v.strip() for v in (variant or "").split(",")]
-  c = _base(variant or None)
+  base, modifiers = variants.split(variant, "configs/implicit_prm.py", VARIANTS, MODIFIERS)
+  c = _base(base or None)
   for name in modifiers:
-    if name not in MODIFIERS:
-      raise ValueError(f"unknown modifier {name!r} of configs/implicit_prm.py; known: {MODIFIERS}")
     if name == "orm":
       c.objective.name = "outcome_rm_bce"
       c.roles = config_dict.ConfigDict(dict(orm=dict(kind="value", init="policy", trainable=True,

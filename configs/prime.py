@@ -21,6 +21,7 @@ advantages of the verifier's reward, the same accuracy filter), i.e. equal sampl
 from ml_collections import config_dict
 
 from configs import implicit_prm
+from configs import variants
 
 VARIANTS = ("tiny",)
 MODIFIERS = ("rloo",)
@@ -29,10 +30,7 @@ PRM_LR = 1e-5  # the PRM's learning rate (PRIME: 1e-6 for 7B models; see REPRODU
 
 
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
-  parts = [v.strip() for v in (variant or "").split(",")]
-  base, modifiers = (parts[0], parts[1:]) if parts[0] not in MODIFIERS else ("", parts)
-  if base not in ("", *VARIANTS):
-    raise ValueError(f"unknown variant {base!r} of configs/prime.py; known: {VARIANTS}")
+  base, modifiers = variants.split(variant, "configs/prime.py", VARIANTS, MODIFIERS)
   c = implicit_prm.get_config("chain_sums_tiny" if base == "tiny" else "chain_sums")
   c.stages = ("sft", "rl")
   del c.reward_model  # the PRM trains inside the RL stage
@@ -49,8 +47,6 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.train.steps = 100 if base == "" else 4
   c.eval.every = 25 if base == "" else 2
   for name in modifiers:
-    if name not in MODIFIERS:
-      raise ValueError(f"unknown modifier {name!r} of configs/prime.py; known: {MODIFIERS}")
     c.roles = config_dict.ConfigDict()
     c.rewards.names, c.rewards.weights = ("arithmetic_correctness",), (1.0,)
     c.rewards.options = config_dict.ConfigDict()

@@ -23,6 +23,7 @@ Variants: (none) the chain-sums run on 2 CPU cores; tiny: seconds, for tests.
 from ml_collections import config_dict
 
 from configs import implicit_prm
+from configs import variants
 
 VARIANTS = ("tiny",)
 MODIFIERS = ("sum", "verified")
@@ -32,10 +33,7 @@ VERIFIED_FRACTION = 0.1
 
 
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
-  parts = [v.strip() for v in (variant or "").split(",")]
-  base, modifiers = (parts[0], parts[1:]) if parts[0] not in MODIFIERS else ("", parts)
-  if base not in ("", *VARIANTS):
-    raise ValueError(f"unknown variant {base!r} of configs/pure.py; known: {VARIANTS}")
+  base, modifiers = variants.split(variant, "configs/pure.py", VARIANTS, MODIFIERS)
   c = implicit_prm.get_config("chain_sums_tiny" if base == "tiny" else "chain_sums")
   c.stages = ("sft", "reward_model", "rl")
   c.reward_model.objective = "implicit_prm_ce"
@@ -51,8 +49,6 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.train.steps = 100 if base == "" else 2
   c.eval.every = 25 if base == "" else 2
   for name in modifiers:
-    if name not in MODIFIERS:
-      raise ValueError(f"unknown modifier {name!r} of configs/pure.py; known: {MODIFIERS}")
     if name == "sum":
       c.advantage.estimator = "prime"
       c.advantage.options = config_dict.ConfigDict(dict(process_coef=1.0, outcome_coef=1.0))

@@ -1124,6 +1124,64 @@ IMPLICIT_PRM = register(Reproduction(
 ))
 
 
+PRIME_CONFIG = "configs/prime.py"
+# PRIME starts from the implicit_prm reproduction's warmed-up policies (the same config blocks):
+# run `python -m experiments.reproduce implicit_prm --runs warmup` first.
+_FROM_PRM_WARMUP = {"stages": ("rl",), "init_from": "{runs}/../implicit_prm/warmup/seed{seed}"}
+
+
+def _curve_mean(records: Sequence[Record], label: str, metric: str) -> dict[int, float]:
+  """seed -> mean of `metric` over the label's evaluations after the first (area under its curve)."""
+  out = {}
+  for r in records:
+    points = [p[metric] for p in r.get("eval_curve", [])[1:] if isinstance(p.get(metric), (int, float))]
+    if r["label"] == label and points:
+      out[r["seed"]] = float(np.mean(points))
+  return out
+
+
+def prime_claims(records: Sequence[Record]) -> str:
+  """PRIME's claims against the kept numbers, each with a verdict computed from them."""
+  metric = "accuracy_greedy"
+  start = {r["seed"]: r["results"][0].get(metric) for r in records if r["label"] == "prime" and r["results"]}
+  final = {label: _final(records, label, metric) for label in ("prime", "rloo")}
+  area = {label: _curve_mean(records, label, metric) for label in ("prime", "rloo")}
+  if not all(final.values()) or not all(area.values()) or not start:
+    return "**Claims.** Not every run of the reproduction is kept yet: no verdict."
+  gain = _mean({s: final["prime"][s] - start[s] for s in final["prime"] if s in start})
+  (mp, sp, _), (mr, sr, _) = summarise(list(area["prime"].values())), summarise(list(area["rloo"].values()))
+  spread = (sp or 0.0) + (sr or 0.0)
+  efficient = ("shown" if mp - mr > spread else "contradicted" if mr - mp > spread else
+               "not shown (within the seeds' spread)")
+  return (
+      f"**Claims.** (1) *PRIME improves the SFT model* (paper: +16.7% on average over its benchmarks): greedy "
+      f"accuracy {gain:+.3f} on average from the warmed-up policy ({_change(records, 'prime')}). "
+      f"(2) *Better than outcome rewards alone at equal samples* (the paper's RLOO comparison): final "
+      f"{_versus(records, 'prime', 'rloo', metric)}; mean accuracy over the evaluations after the start (the "
+      f"area under the curve, a sample-efficiency measure) PRIME {mp:.3f} vs RLOO {mr:.3f}: **{efficient}**. "
+      "What these runs do not show: anything at the paper's scale (Qwen2.5-Math-7B, competition maths, "
+      "hundreds of steps of 256 prompts x 4 samples); the PRM here is the implicit PRM of the implicit_prm "
+      "reproduction's setting, which at this scale does not rank the policy's samples better than chance.")
+
+
+PRIME = register(Reproduction(
+    name="prime",
+    title="PRIME vs outcome-only RLOO on chain sums",
+    description=(
+        "PRIME (Cui et al., arXiv 2502.01456) adds an implicit PRM, initialised from the SFT policy and updated "
+        "online with the cross-entropy loss on the verifier's outcomes, whose per-token rewards join the "
+        "outcome reward in leave-one-out advantages (5 x process + 5 x outcome, whitened), with groups of "
+        "accuracy outside [0.2, 0.8] filtered out (`configs/prime.py`). The baseline `rloo` is the same run "
+        "without the PRM (RLOO on the outcome reward, the same filter): equal samples. Both start from the "
+        "warmed-up `mini` policies of the implicit_prm reproduction (`config.init_from`, per seed) and take "
+        "100 RL steps of 16 chain-sums problems x 8 samples; held-out greedy and sampled accuracy on 64 "
+        "problems every 25 steps (the first row is the warmed-up policy)."),
+    runs=(RunSpec("prime", PRIME_CONFIG, _FROM_PRM_WARMUP), RunSpec("rloo", f"{PRIME_CONFIG}:rloo", _FROM_PRM_WARMUP)),
+    seeds=3,
+    claims=prime_claims,
+))
+
+
 # -- command line ----------------------------------------------------------------------------
 
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds 0..N-1 per run (default: the reproduction's, 3; "
