@@ -1182,6 +1182,78 @@ PRIME = register(Reproduction(
 ))
 
 
+PURE_CONFIG = "configs/pure.py"
+PURE_STEPS = 50
+# PURE fine-tunes the implicit_prm reproduction's warmed-up policy with its DPO PRM (the best
+# ranker there by pair accuracy), frozen: run that reproduction first.
+_FROM_DPO_PRM = {"stages": ("rl",), "init_from": "{runs}/../implicit_prm/dpo/seed{seed}", "train.steps": PURE_STEPS}
+PURE_LABELS = ("sum", "min", "sum_verified", "min_verified")
+
+
+def _first_last(records: Sequence[Record], label: str, metric: str, curve: str = "eval_curve",
+                key: str | None = None) -> dict[int, float]:
+  """seed -> last minus first value of `metric` on the label's curve."""
+  out = {}
+  for r in records:
+    points = [p[key or metric] for p in r.get(curve, []) if isinstance(p.get(key or metric), (int, float))]
+    if r["label"] == label and len(points) >= 2:
+      out[r["seed"]] = points[-1] - points[0]
+  return out
+
+
+def pure_claims(records: Sequence[Record]) -> str:
+  """PURE's claims against the kept numbers, each with a verdict computed from them."""
+  metric = "accuracy_greedy"
+  acc = {label: _first_last(records, label, metric) for label in PURE_LABELS}
+  reward = {label: _first_last(records, label, "reward", curve="train_reward") for label in PURE_LABELS}
+  final = {label: _final(records, label, metric) for label in PURE_LABELS}
+  if not all(acc.values()) or not all(final.values()):
+    return "**Claims.** Not every run of the reproduction is kept yet: no verdict."
+
+  def moved(values):  # "down" / "up" beyond the seeds' spread, else "flat"
+    mean, std, _ = summarise(list(values.values()))
+    return "down" if mean < -(std or 0.0) else "up" if mean > (std or 0.0) else "flat"
+
+  def describe(label):
+    change = format_mean_std(list(acc[label].values()))
+    rw = format_mean_std(list(reward[label].values())) if reward[label] else "-"
+    return f"`{label}` accuracy change {change} (train PRM reward change {rw})"
+
+  hacked = moved(acc["sum"]) == "down" and reward["sum"] and moved(reward["sum"]) == "up"
+  stable = moved(acc["min"]) != "down"
+  best = max(PURE_LABELS, key=lambda label: _mean(final[label]))
+  return (
+      "**Claims.** (1) *Sum-form credit with a PRM alone collapses through reward hacking* (the PRM's reward "
+      f"rises while accuracy falls): **{'shown' if hacked else 'not shown'}**: {describe('sum')}. "
+      f"(2) *Min-form credit stays stable*: **{'shown' if stable else 'not shown'}**: {describe('min')}. "
+      f"(3) *Best with verifiable rewards on 10% of the problems* (min-form): "
+      f"**{'shown' if best == 'min_verified' else 'not shown'}** (highest final greedy accuracy: `{best}`; "
+      f"{describe('sum_verified')}; {describe('min_verified')}). "
+      "What these runs do not show: anything at the paper's scale (Qwen2.5-Math-7B, a PRM trained on "
+      "PRM800K); the PRM here is the implicit PRM of the implicit_prm reproduction, whose Best-of-N is not "
+      f"above random at this scale, and each run is {PURE_STEPS} RL steps.")
+
+
+PURE = register(Reproduction(
+    name="pure",
+    title="PURE: min-form vs sum-form credit with a process reward model",
+    description=(
+        "PURE (Cheng et al., arXiv 2504.15275) credits each token with a soft minimum of the process rewards "
+        "that follow it instead of their sum, to stop the policy from collecting PRM reward without solving "
+        "the problem (`configs/pure.py`: `pure_min_form`, temperature 0.1; sum-form: leave-one-out returns of "
+        "the same rewards). The PRM is frozen: the DPO implicit PRM of the implicit_prm reproduction (per "
+        "seed, `config.init_from`), whose per-token rewards beta log pi_prm / pi_ref are the reward; the "
+        "`_verified` runs add the verifier's outcome reward on 10% of the problems (a fixed set). "
+        f"{PURE_STEPS} RL steps of 16 chain-sums problems x 8 samples from the warmed-up policy; held-out "
+        "accuracy on 64 problems every 25 steps (the first row is the starting policy)."),
+    runs=(RunSpec("sum", f"{PURE_CONFIG}:sum", _FROM_DPO_PRM), RunSpec("min", PURE_CONFIG, _FROM_DPO_PRM),
+          RunSpec("sum_verified", f"{PURE_CONFIG}:sum,verified", _FROM_DPO_PRM),
+          RunSpec("min_verified", f"{PURE_CONFIG}:verified", _FROM_DPO_PRM)),
+    seeds=3,
+    claims=pure_claims,
+))
+
+
 # -- command line ----------------------------------------------------------------------------
 
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds 0..N-1 per run (default: the reproduction's, 3; "

@@ -98,8 +98,9 @@ def recorded_config(workdir: str | os.PathLike, defaults: Any = None, *, whole: 
   """The config a run in `workdir` recorded (its config.json) as a `ConfigDict`, lists as tuples.
 
   `defaults` (a config) fills the keys the record lacks (a run from before a key existed):
-  the record wins wherever it has a value, and the blocks named in `whole` come from the record
-  alone (a role the record lacks was not part of that run).
+  the record wins wherever it has a value, and the blocks named in `whole` (dotted paths) and
+  every `options` block come from the record alone (a role or an option the record lacks was
+  not part of that run).
   """
   path = pathlib.Path(workdir) / CONFIG_FILE
   try:
@@ -107,12 +108,13 @@ def recorded_config(workdir: str | os.PathLike, defaults: Any = None, *, whole: 
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"{path} is not a readable config ({e}); it records the run of this workdir") from e
 
-  def merge(base, top, depth=0):
+  def merge(base, top, path=""):
     if not isinstance(base, Mapping) or not isinstance(top, Mapping):
       return top
     out = dict(base)
     for key, value in top.items():
-      out[key] = value if depth == 0 and key in whole else merge(base.get(key), value, depth + 1)
+      here = f"{path}{key}"
+      out[key] = value if here in whole or key == "options" else merge(base.get(key), value, here + ".")
     return out
 
   def tuples(x):

@@ -225,3 +225,15 @@ def test_init_from_ignores_how_roles_train_but_not_what_they_model():
   orm = implicit_prm_config.get_config("chain_sums,orm")
   assert free("roles.prm.kind", orm, {"prm"}) and free("roles.orm.kind", orm, {"prm"})
   assert not free("roles.orm.kind", orm, {"orm"})
+
+
+def test_recorded_config_fills_new_keys_but_takes_roles_and_options_whole(tmp_path):
+  from jaxrl_reward import provenance
+  (tmp_path / provenance.CONFIG_FILE).write_text(json.dumps(
+      {"stages": ["sft"], "roles": {"prm": {"kind": "lm"}}, "rewards": {"names": ["a"], "options": {}}}))
+  defaults = {"stages": ("rl",), "roles": {"orm": {"kind": "value"}}, "new_block": {"x": 1},
+              "rewards": {"names": ("b",), "options": {"b": {"beta": 1}}, "accuracy_filter": ()}}
+  got = provenance.recorded_config(tmp_path, defaults).to_dict()
+  assert got["stages"] == ("sft",) and got["rewards"]["names"] == ("a",)  # the record wins, lists as tuples
+  assert got["roles"] == {"prm": {"kind": "lm"}} and got["rewards"]["options"] == {}  # whole from the record
+  assert got["new_block"] == {"x": 1} and got["rewards"]["accuracy_filter"] == ()  # keys the record lacks
