@@ -11,8 +11,10 @@ the config must be the run's) and, on the task's first `--num` held-out problems
    log-ratio to the reference over the step's tokens) and each solution by an aggregation of its
    step rewards (`--aggregations`, min first: the implicit PRM paper's default), and reports the
    exact expected accuracy of picking the best of N random draws for N in `--ns`
-   (`jaxrl_reward.prm_eval.best_of_n`), beside majority vote over the final answers, random
-   choice (pass@1) and the oracle (pass@N).
+   (`jaxrl_reward.prm_eval.best_of_n`), beside majority vote over the final answers, the
+   policy's own mean log-prob per token as the scorer, random choice (pass@1) and the oracle
+   (pass@N). A run whose `config.reward_model.role` is an outcome reward model (a value role)
+   is scored by its one score per solution ("best_of_n/outcome") and has no localisation.
 2. **Step-error localisation** (ProcessBench's metric): each problem's worked solution and a
    flawed one whose first wrong step is drawn at random (`chain_sums.flawed_solution`) are scored
    teacher-forced; the prediction is the first step whose reward is below a threshold, chosen on
