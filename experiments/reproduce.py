@@ -584,7 +584,8 @@ def render_section(reproduction: Reproduction, records: Sequence[Record], png: p
   if claims:
     parts.append(claims.strip())
   if reproduction.paper is not None:
-    parts.append(f"**Paper.** {reproduction.paper.citation} (the `paper:` columns).")
+    columns = " (the `paper:` columns)" if reproduction.paper.numbers else ""
+    parts.append(f"**Paper.** {reproduction.paper.citation}{columns}.")
   else:
     parts.append("**Paper.** None: there is no published number to compare with; these are this "
                  "project's own.")
@@ -1085,13 +1086,14 @@ def prm_claims(records: Sequence[Record]) -> str:
       f"per token as the scorer: {say({'likelihood': _beats(rows, 'policy likelihood', 'random (pass@1)', col)})} "
       "against random. "
       f"(4) *The DPO variant is the strongest implicit PRM* (the paper, for Llama-3.1-8B): "
-      f"**{'shown' if best == 'dpo' else 'not shown'}** (best {col}: {best}). "
-      "Held-out pair accuracy (0.5 = chance): " + ", ".join(f"{s} {v:.3f}" for s, v in pair.items())
+      + (f"**{'shown' if best == 'dpo' else 'not shown'}** (best {col}: {best}). " if best in useful else
+         f"**not shown**: the highest {col} is {best}'s, but no implicit PRM is above random choice. ")
+      + "Held-out pair accuracy (0.5 = chance): " + ", ".join(f"{s} {v:.3f}" for s, v in pair.items())
       + "; step-error F1: " + ", ".join(f"{s} {v:.3f}" for s, v in f1.items()) + ". "
       "What these runs do not show: anything at the paper's scale (7-70B generators, MATH-500, "
       "hundreds of thousands of labelled samples) or its data-cost claim (38.8x cheaper than a "
-      "Math-Shepherd-style PRM, which is not built here); our scorers are 0.75M-parameter character-level transformers that "
-      f"saw {PRM_STEPS * 128:,} labelled samples of a policy that solves about 20% of the problems.")
+      "Math-Shepherd-style PRM, which is not built here); our scorers are 0.75M-parameter character-level "
+      f"transformers that saw {PRM_STEPS * 128:,} labelled samples of a policy that solves about 20% of the problems.")
 
 
 IMPLICIT_PRM = register(Reproduction(
@@ -1120,6 +1122,10 @@ IMPLICIT_PRM = register(Reproduction(
            _prm_run("orm", "orm", quick=True)),
     seeds=3,
     render=lambda reproduction, records: prm_table(records),
+    paper=Paper("Yuan et al. (2024), arXiv 2412.01981: in Best-of-N on MATH-500 with 7-70B generators the implicit "
+                "PRM beats outcome reward models and Math-Shepherd-style PRMs at 1/38.8 of the data-collection and "
+                "training cost, and its DPO variant was the strongest PRM for Llama-3.1-8B; no row here "
+                "corresponds to one of its numbers", {}),
     claims=lambda records: prm_claims(records),
 ))
 
@@ -1178,6 +1184,9 @@ PRIME = register(Reproduction(
         "problems every 25 steps (the first row is the warmed-up policy)."),
     runs=(RunSpec("prime", PRIME_CONFIG, _FROM_PRM_WARMUP), RunSpec("rloo", f"{PRIME_CONFIG}:rloo", _FROM_PRM_WARMUP)),
     seeds=3,
+    paper=Paper("Cui et al. (2025), arXiv 2502.01456: PRIME improves Qwen2.5-Math-7B's SFT model by 16.7% on "
+                "average over competition-maths benchmarks and is more sample-efficient than RLOO with outcome "
+                "rewards alone; no row here corresponds to one of its numbers", {}),
     claims=prime_claims,
 ))
 
@@ -1229,9 +1238,11 @@ def pure_claims(records: Sequence[Record]) -> str:
       f"(3) *Best with verifiable rewards on 10% of the problems* (min-form): "
       f"**{'shown' if best == 'min_verified' else 'not shown'}** (highest final greedy accuracy: `{best}`; "
       f"{describe('sum_verified')}; {describe('min_verified')}). "
-      "What these runs do not show: anything at the paper's scale (Qwen2.5-Math-7B, a PRM trained on "
-      "PRM800K); the PRM here is the implicit PRM of the implicit_prm reproduction, whose Best-of-N is not "
-      f"above random at this scale, and each run is {PURE_STEPS} RL steps.")
+      "Our min-form differs from PURE's in one documented way (`objectives/estimators.py::pure_min_form`): "
+      "the soft minimum runs over every token's reward rather than over step-end rewards, and the process "
+      "rewards get no leave-one-out baseline. What these runs do not show: anything at the paper's scale "
+      "(Qwen2.5-Math-7B, a PRM trained on PRM800K); the PRM here is the implicit PRM of the implicit_prm "
+      f"reproduction, whose Best-of-N is not above random at this scale, and each run is {PURE_STEPS} RL steps.")
 
 
 PURE = register(Reproduction(
@@ -1250,6 +1261,9 @@ PURE = register(Reproduction(
           RunSpec("sum_verified", f"{PURE_CONFIG}:sum,verified", _FROM_DPO_PRM),
           RunSpec("min_verified", f"{PURE_CONFIG}:verified", _FROM_DPO_PRM)),
     seeds=3,
+    paper=Paper("Cheng et al. (2025), arXiv 2504.15275: with a PRM alone, sum-form credit collapses through reward "
+                "hacking early in training while min-form stays stable, and the best run adds verifiable rewards "
+                "on 10% of the problems (Qwen2.5-Math-7B); no row here corresponds to one of its numbers", {}),
     claims=pure_claims,
 ))
 

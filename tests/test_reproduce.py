@@ -217,4 +217,5 @@ def test_prm_table_and_claims_follow_the_numbers():
   worse = [r if r["label"] != "ce" else _prm_record("ce", r["seed"], 0.5, (0.2, 0.2, 0.2, 0.2), 0.5, shared)
            for r in records if r["label"] != "dpo"] + [_prm_record("dpo", s, 0.5, (0.2,) * 4, 0.5) for s in range(3)]
   assert "**not shown**: no scorer's BoN@64 is above pass@1" in reproduce.prm_claims(worse)
+  assert "but no implicit PRM is above random choice" in reproduce.prm_claims(worse)
   assert "no verdict" in reproduce.prm_claims(records[:2])
