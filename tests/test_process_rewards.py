@@ -124,3 +124,42 @@ def test_evaluate_a_prm_run_and_an_orm_run_from_its_warm_up(tmp_path):
     process_rewards.evaluate(orm_config, tmp_path / "prm", **kwargs)
   assert sorted(p.name for p in (tmp_path / "prm" / "checkpoints").iterdir()) == steps
   assert not any(name.startswith("unreadable") for name in steps)
+
+
+def test_a_prm_trained_on_outcomes_scores_a_shared_wrong_step_lower():
+  """The implicit PRM learns from outcome labels only, yet its step reward singles out the step
+  where flawed solutions go wrong (step 1 of every flawed solution here), against the same step
+  of the worked solutions of the same problems."""
+  config = support.with_keys(implicit_prm_config.get_config("chain_sums_tiny"), **{"roles.prm.lr": 3e-3})
+  e = experiment_lib.Experiment(config, mesh=support.one_device())
+  stage = e.stage("reward_model")
+  state = stage.enter(e.stages[0].enter({}))
+  examples = [x for x in e.context.task.train if x["num_steps"] >= 2][:8]
+  rng = np.random.default_rng(0)
+  prompts = [x["prompt"] for x in examples for _ in range(2)]
+  solutions = [s for x in examples for s in (x["solution"], chain_sums.flawed_solution(x, 1, rng)[0])]
+  labels = np.tile([1.0, 0.0], len(examples)).astype(np.float32)
+  tokenizer, policy = e.context.task.tokenizer, e.context.roles.policy
+  ids, mask = process_rewards.encode_solutions(tokenizer, solutions, config.task.max_completion_length)
+  cond = policy.conditions(prompts, np.arange(len(prompts)) // 4, len(prompts))  # groups of 4 rows
+  from jaxrl_reward.rollout import Rollout  # noqa: PLC0415
+  rollout = Rollout(actions=jnp.asarray(ids), mask=jnp.asarray(mask, jnp.float32), old_logp=jnp.zeros(ids.shape),
+                    group_ids=cond["group_ids"], extras={"prompt_ids": cond["prompt_ids"],
+                                                         "prompt_mask": cond["prompt_mask"],
+                                                         "labels": jnp.asarray(labels)})
+  rollout = rollout.update(ref_logp=e.context.roles["reference"].scorer.compute_logprobs(
+      state["reference"]["params"], rollout))
+  before, _ = process_rewards.teacher_forced_step_rewards(e.context, state, prompts, solutions, beta=0.05)
+  np.testing.assert_allclose(before, 0.0, atol=1e-6)  # the untrained PRM is its reference: no signal
+  prm = state["prm"]
+  params, opt_state = prm["params"], prm["opt_state"]  # donated by the updates
+  for _ in range(30):
+    params, opt_state, _ = stage.update(params, opt_state, rollout)
+  trained = {**state, "prm": {"params": params, "opt_state": opt_state}}
+  rewards, steps = process_rewards.teacher_forced_step_rewards(e.context, trained, prompts, solutions, beta=0.05)
+  assert np.all(steps >= 2)
+  correct_step1, flawed_step1 = rewards[0::2, 1], rewards[1::2, 1]
+  assert np.all(flawed_step1 < correct_step1), (flawed_step1, correct_step1)
+  assert np.mean(correct_step1 - flawed_step1) > 0.05
+  # Step 0 is the same text in both: a causal PRM cannot tell them apart there.
+  np.testing.assert_allclose(rewards[0::2, 0], rewards[1::2, 0], atol=1e-5)
