@@ -1200,13 +1200,14 @@ PURE_LABELS = ("sum", "min", "sum_verified", "min_verified")
 
 
 def _first_last(records: Sequence[Record], label: str, metric: str, curve: str = "eval_curve",
-                key: str | None = None) -> dict[int, float]:
-  """seed -> last minus first value of `metric` on the label's curve."""
+                window: int = 1) -> dict[int, float]:
+  """seed -> mean of the last `window` values of `metric` on the label's curve minus the mean of
+  its first `window` (a window smooths a per-step training curve)."""
   out = {}
   for r in records:
-    points = [p[key or metric] for p in r.get(curve, []) if isinstance(p.get(key or metric), (int, float))]
-    if r["label"] == label and len(points) >= 2:
-      out[r["seed"]] = points[-1] - points[0]
+    points = [p[metric] for p in r.get(curve, []) if isinstance(p.get(metric), (int, float))]
+    if r["label"] == label and len(points) >= 2 * window:
+      out[r["seed"]] = float(np.mean(points[-window:]) - np.mean(points[:window]))
   return out
 
 
@@ -1214,31 +1215,36 @@ def pure_claims(records: Sequence[Record]) -> str:
   """PURE's claims against the kept numbers, each with a verdict computed from them."""
   metric = "accuracy_greedy"
   acc = {label: _first_last(records, label, metric) for label in PURE_LABELS}
-  reward = {label: _first_last(records, label, "reward", curve="train_reward") for label in PURE_LABELS}
+  reward = {label: _first_last(records, label, "reward", curve="train_reward", window=5) for label in PURE_LABELS}
   final = {label: _final(records, label, metric) for label in PURE_LABELS}
   if not all(acc.values()) or not all(final.values()):
     return "**Claims.** Not every run of the reproduction is kept yet: no verdict."
 
-  def moved(values):  # "down" / "up" beyond the seeds' spread, else "flat"
-    mean, std, _ = summarise(list(values.values()))
-    return "down" if mean < -(std or 0.0) else "up" if mean > (std or 0.0) else "flat"
+  def moved(values):  # "down" / "up" in every seed, else "mixed"
+    v = list(values.values())
+    return "down" if all(x < 0 for x in v) else "up" if all(x > 0 for x in v) else "mixed"
 
   def describe(label):
     change = format_mean_std(list(acc[label].values()))
     rw = format_mean_std(list(reward[label].values())) if reward[label] else "-"
-    return f"`{label}` accuracy change {change} (train PRM reward change {rw})"
+    return (f"`{label}` greedy accuracy change {change} ({moved(acc[label])} in every seed)" if moved(acc[label]) != "mixed"
+            else f"`{label}` greedy accuracy change {change} (mixed across seeds)") + \
+        f", train reward change {rw}"
 
   hacked = moved(acc["sum"]) == "down" and reward["sum"] and moved(reward["sum"]) == "up"
-  stable = moved(acc["min"]) != "down"
+  stable = ("shown" if moved(acc["min"]) != "down" else
+            "contradicted" if moved(acc["min"]) == "down" and moved(acc["sum"]) == "down" else "not shown")
   best = max(PURE_LABELS, key=lambda label: _mean(final[label]))
   return (
       "**Claims.** (1) *Sum-form credit with a PRM alone collapses through reward hacking* (the PRM's reward "
       f"rises while accuracy falls): **{'shown' if hacked else 'not shown'}**: {describe('sum')}. "
-      f"(2) *Min-form credit stays stable*: **{'shown' if stable else 'not shown'}**: {describe('min')}. "
+      f"(2) *Min-form credit stays stable*: **{stable}**: {describe('min')}. "
       f"(3) *Best with verifiable rewards on 10% of the problems* (min-form): "
-      f"**{'shown' if best == 'min_verified' else 'not shown'}** (highest final greedy accuracy: `{best}`; "
-      f"{describe('sum_verified')}; {describe('min_verified')}). "
-      "Our min-form differs from PURE's in one documented way (`objectives/estimators.py::pure_min_form`): "
+      f"**{'shown' if best == 'min_verified' else 'not shown'}** (final greedy accuracy "
+      + ", ".join(f"`{label}` {_mean(final[label]):.3f}" for label in PURE_LABELS)
+      + f"; {describe('sum_verified')}; {describe('min_verified')}). A train reward change is the mean of a "
+      "run's last 5 steps minus its first 5. "
+      "Our min-form differs from PURE's in two documented ways (`objectives/estimators.py::pure_min_form`): "
       "the soft minimum runs over every token's reward rather than over step-end rewards, and the process "
       "rewards get no leave-one-out baseline. What these runs do not show: anything at the paper's scale "
       "(Qwen2.5-Math-7B, a PRM trained on PRM800K); the PRM here is the implicit PRM of the implicit_prm "

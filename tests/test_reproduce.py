@@ -219,3 +219,28 @@ def test_prm_table_and_claims_follow_the_numbers():
   assert "**not shown**: no scorer's BoN@64 is above pass@1" in reproduce.prm_claims(worse)
   assert "but no implicit PRM is above random choice" in reproduce.prm_claims(worse)
   assert "no verdict" in reproduce.prm_claims(records[:2])
+
+
+def _curve_record(name, label, seed, accuracies, rewards=()):
+  record = _record(name, label, seed, [("initial", 0, accuracies[0], 0.1), ("after GRPO", 50, accuracies[-1], 0.1)])
+  record["eval_curve"] = [{"step": 25 * i, "accuracy_greedy": a} for i, a in enumerate(accuracies)]
+  record["train_reward"] = [{"step": i + 1, "reward": r} for i, r in enumerate(rewards)]
+  return record
+
+
+def test_pure_and_prime_claims_follow_the_numbers():
+  hacking, flat = [0.0] * 5 + [2.0] * 5, [0.1] * 10
+  records = [_curve_record("pure", label, s, acc, rw) for s in range(3) for label, acc, rw in (
+      ("sum", (0.3, 0.2, 0.05), hacking), ("min", (0.3, 0.3, 0.32), flat),
+      ("sum_verified", (0.3, 0.2, 0.1), hacking), ("min_verified", (0.3, 0.35, 0.4 + 0.01 * s), flat))]
+  claims = reproduce.pure_claims(records)
+  assert "reward hacking* (the PRM's reward rises while accuracy falls): **shown**" in claims
+  assert "*Min-form credit stays stable*: **shown**" in claims and "(min-form): **shown**" in claims
+  collapsed = [r if r["label"] != "min" else _curve_record("pure", "min", r["seed"], (0.3, 0.1, 0.0), hacking)
+               for r in records]
+  assert "*Min-form credit stays stable*: **contradicted**" in reproduce.pure_claims(collapsed)
+  prime = [_curve_record("prime", label, s, acc) for s in range(3) for label, acc in (
+      ("prime", (0.3, 0.5, 0.6, 0.7 + 0.01 * s)), ("rloo", (0.3, 0.3, 0.31, 0.3 + 0.01 * s)))]
+  claims = reproduce.prime_claims(prime)
+  assert "greedy accuracy +0.410 on average" in claims and "**shown**" in claims
+  assert "no verdict" in reproduce.prime_claims(prime[:1])
