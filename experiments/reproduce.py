@@ -323,6 +323,8 @@ def run_evaluation(spec: RunSpec, seed: int, workdir: pathlib.Path, what: str) -
   if not isinstance(result, dict):
     raise RunFailed(f"{what}: the evaluation {shlex.join(command)} failed (exit status {proc.returncode}) or "
                     f"printed no JSON object last; see {workdir / LOG_FILE}")
+  if "workdir" in result:  # kept relative to the repository, as the record's own
+    result["workdir"] = _display(workdir)
   return result, round(time.perf_counter() - start, 1)
 
 
