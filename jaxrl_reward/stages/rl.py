@@ -12,7 +12,9 @@ Each step (`config.rollout`, `config.train`):
    them; the value role's values when the estimator needs them;
 4. rewards (`rewards.scoring.RewardSet`: host-side text functions and in-jit rewards, `[B]`
    or `[B, T]`) and advantages from the estimator named `config.advantage.estimator`
-   (`objectives.estimators`, options `config.advantage.options`);
+   (`objectives.estimators`, options `config.advantage.options`); before them RLPR's std filter
+   (`rewards.std_filter_beta`) and PRIME's accuracy filter (`rewards.accuracy_filter`) can take
+   groups out of every update (their rows become invalid and fully masked);
 5. one update of each further trainable role (`config.roles`: a process reward model with its
    reward-model objective on the verifier's labels, a value model on the returns), scored
    before it is updated;
