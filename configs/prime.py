@@ -10,45 +10,59 @@ the outcomes, builds advantages with leave-one-out baselines per source (`advant
 "prime"`: 5 x process + 5 x outcome, whitened) and updates the policy with the clipped loss.
 
 The PRM scores a batch before it is updated on that batch (PRIME's `update="after"`, one
-forward pass); PRIME's default `update="before"` (update first, then score again) is not built.
+forward pass); modifier `update_first` (`roles.prm.score_after_update=True`) updates the PRM on the
+batch first and scores it again with the updated PRM (PRIME's default `update="before"`).
 
     python -m experiments.train --config=configs/prime.py --workdir=/tmp/prime
 
-Variants: (none) the chain-sums run on 2 CPU cores; tiny: seconds, for tests. Modifier `rloo`
+Variants: (none) the chain-sums run on 2 CPU cores; tiny: seconds, for tests; smollm2: the
+real-model variant for one GPU, SmolLM2-135M-Instruct on reasoning-gym chains worked one operation
+per line (`configs/implicit_prm.py`'s `smollm2_chain_task`; no warm-up, PRM lr 1e-6, 200 RL steps
+of 32 problems x 8 samples), and smollm2_cpu its 2-step smoke run on 2 CPU cores. Modifier `rloo`
 (after a comma: `tiny,rloo`): the outcome-only baseline, the same run without the PRM (RLOO
-advantages of the verifier's reward, the same accuracy filter), i.e. equal samples.
+advantages of the verifier's reward, the same accuracy filter), i.e. equal samples; `update_first`
+(`tiny,update_first`): PRIME's update-before order (above).
 """
 from ml_collections import config_dict
 
 from configs import implicit_prm
 from configs import variants
 
-VARIANTS = ("tiny",)
-MODIFIERS = ("rloo",)
+VARIANTS = ("tiny", "smollm2", "smollm2_cpu")
+MODIFIERS = ("rloo", "update_first")
 PRM_BETA = 0.05  # PRIME's beta_train and the reward's beta
 PRM_LR = 1e-5  # the PRM's learning rate (PRIME: 1e-6 for 7B models; see REPRODUCTIONS.md, implicit_prm)
+SMOLLM2_PRM_LR = 1e-6
 
 
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   base, modifiers = variants.split(variant, "configs/prime.py", VARIANTS, MODIFIERS)
-  c = implicit_prm.get_config("chain_sums_tiny" if base == "tiny" else "chain_sums")
-  c.stages = ("sft", "rl")
+  smollm2 = base.startswith("smollm2")
+  c = implicit_prm.get_config(base if smollm2 else "chain_sums_tiny" if base == "tiny" else "chain_sums")
+  c.stages = ("rl",) if smollm2 else ("sft", "rl")
   del c.reward_model  # the PRM trains inside the RL stage
   c.objective.name = "grpo"
   c.objective.options = config_dict.ConfigDict()
   c.roles.prm = config_dict.ConfigDict(dict(kind="lm", init="policy", trainable=True, objective="implicit_prm_ce",
-                                            lr=PRM_LR, options=config_dict.ConfigDict(dict(beta=PRM_BETA))))
-  c.rewards.names = ("arithmetic_correctness", "implicit_prm")
+                                            lr=SMOLLM2_PRM_LR if smollm2 else PRM_LR,
+                                            options=config_dict.ConfigDict(dict(beta=PRM_BETA))))
+  verifier = c.rewards.eval_name
+  c.rewards.names = (verifier, "implicit_prm")
   c.rewards.weights = (1.0, 1.0)
   c.rewards.options = config_dict.ConfigDict(dict(implicit_prm=dict(beta=PRM_BETA)))
   c.rewards.accuracy_filter = (0.2, 0.8)
   c.advantage.estimator = "prime"
   c.advantage.options = config_dict.ConfigDict(dict(process_coef=5.0, outcome_coef=5.0))
-  c.train.steps = 100 if base == "" else 4
-  c.eval.every = 25 if base == "" else 2
+  c.train.steps = {"": 100, "smollm2": 200}.get(base, 4)
+  c.eval.every = {"": 25, "smollm2": 50}.get(base, 2)
+  if base == "smollm2_cpu":
+    c.train.steps = c.eval.every = c.checkpoint_every = 2
   for name in modifiers:
+    if name == "update_first":
+      c.roles.prm.score_after_update = True
+      continue
     c.roles = config_dict.ConfigDict()
-    c.rewards.names, c.rewards.weights = ("arithmetic_correctness",), (1.0,)
+    c.rewards.names, c.rewards.weights = (verifier,), (1.0,)
     c.rewards.options = config_dict.ConfigDict()
     c.advantage.estimator = "rloo"
     c.advantage.options = config_dict.ConfigDict()

@@ -308,7 +308,8 @@ def _peer_failures(watch: peers.PeerWatch):
 INIT_FROM_BLOCKS = ("model", "task", "roles", "diffusion", "pretrain", "warmup", "seed")
 # Keys of those blocks that are not part of the models: which conditions the RL stage samples, and
 # how a role trains (its learning rate, objective, and an LM role's objective options).
-INIT_FROM_FREE = ("task.num_prompts", "roles.*.lr", "roles.*.objective", "roles.*.trainable")
+INIT_FROM_FREE = ("task.num_prompts", "roles.*.lr", "roles.*.objective", "roles.*.trainable",
+                  "roles.*.score_after_update")
 
 
 def _free_for_init_from(key: str, config, source_roles=None) -> bool:

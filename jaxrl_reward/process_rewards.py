@@ -1,9 +1,9 @@
 """Step scores of an implicit process reward model on completions: from text steps to token rewards.
 
 A task that knows its steps gives, for a completion's text, the character offset of each step's
-last character (`chain_sums.step_end_offsets`). `step_end_mask` maps those offsets onto the
-completion's tokens (1 at the token that holds a step's last character), and `step_rewards`
-reads the PRM there (Yuan et al., arXiv 2412.01981):
+last character (`Task.step_ends`: lines before the answer marker for chain sums and reasoning-gym
+tasks). `step_end_mask` maps those offsets onto the completion's tokens (1 at the token that holds
+a step's last character), and `step_rewards` reads the PRM there (Yuan et al., arXiv 2412.01981):
 
     token reward  r_t = beta (log pi_prm(y_t) - log pi_ref(y_t))
     q^k           = sum of r_t up to the end of step k     (cumulative implicit reward)
@@ -14,13 +14,15 @@ implicit reward r(y) = sum_t r_t when the last step ends the completion.
 
 Character offsets become token positions through each token's decoded length, which is exact
 for tokenizers whose tokens decode independently (the character-level tokenizer of the
-synthetic tasks); for merged byte-level pieces it is an approximation.
+synthetic tasks, and byte-level BPE pieces of ASCII text); a token that decodes to part of a
+multi-byte character makes it an approximation.
 
 `evaluate` scores a trained PRM run on held-out problems (`experiments/prm_best_of_n.py`):
-Best-of-N reranking of the policy's samples and step-error localisation of worked vs flawed
-solutions (see that script's docstring). The run's `config.reward_model.role` is the model scored:
-an implicit PRM, or an outcome reward model (a value role), which has one score per response and
-so only a Best-of-N ("best_of_n/outcome") and no localisation.
+Best-of-N reranking of the policy's samples, correct meaning a verifier score
+(`config.rewards.eval_name`) of at least 0.5, and step-error localisation of worked vs flawed
+solutions when the task has them (`Task.solution_pair`). The run's `config.reward_model.role` is
+the model scored: an implicit PRM, or an outcome reward model (a value role), which has one
+score per response and so only a Best-of-N ("best_of_n/outcome") and no localisation.
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ import numpy as np
 from jaxrl_reward import experiment
 from jaxrl_reward import prm_eval
 from jaxrl_reward import stages
-from jaxrl_reward.data import chain_sums
-from jaxrl_reward.rewards import arithmetic
+from jaxrl_reward.data import task as task_lib
+from jaxrl_reward.rewards import base as host_rewards
+from jaxrl_reward.rewards import scoring
 from jaxrl_reward.rollout import Rollout
 from objectives import implicit_prm
 from objectives import outcome_rm
@@ -114,6 +117,40 @@ def is_outcome_model(context, role: str) -> bool:
   return context.roles.specs[role].kind == "value"
 
 
+def task_step_ends(context) -> Callable[[str], list[int]]:
+  """The task's step splitter (`Task.step_ends`), or a clear error when the task has no steps."""
+  if context.task.step_ends is None:
+    raise ValueError(f"task.name={context.config.task.name!r} has no step boundaries (Task.step_ends): a process "
+                     "reward model's step scores need a task whose solutions have steps (chain_sums, reasoning_gym)")
+  return context.task.step_ends
+
+
+def answer_key(answer):
+  """A final answer as a vote: an int when it is one ("07" and "7" agree), else the stripped text."""
+  if answer is None:
+    return None
+  text = str(answer).strip()
+  try:
+    return int(text.replace(",", ""))
+  except ValueError:
+    return text or None
+
+
+def verifier_correct(context, examples, texts) -> np.ndarray:
+  """`[B]` 1.0 where the verifier (`config.rewards.eval_name`) scores a completion at least 0.5."""
+  scores = host_rewards.compute_rewards([context.config.rewards.eval_name], [e["prompt"] for e in examples], texts,
+                                        scoring.columns_of(examples))[:, 0]
+  return (np.nan_to_num(scores, nan=0.0) >= 0.5).astype(float)  # a missing score counts as wrong
+
+
+def final_answers(context, texts) -> list:
+  fmt = context.task.answer_format
+  if fmt is None:
+    raise ValueError(f"task.name={context.config.task.name!r} has no answer marker (Task.answer_format): "
+                     "majority vote needs each completion's final answer")
+  return [answer_key(task_lib.final_answer(fmt, t)) for t in texts]
+
+
 def sample_and_score(context, state, examples, samples: int, key, *, beta: float, problems_per_batch: int,
                      role: str = "prm"):
   """Per problem: step rewards `[M, S]`, steps `[M]`, correctness `[M]`, the policy's mean log-prob
@@ -123,6 +160,7 @@ def sample_and_score(context, state, examples, samples: int, key, *, beta: float
   An outcome reward model (`is_outcome_model`) gives one "step" per response: its score `[M, 1]`.
   """
   policy, tokenizer = context.roles.policy, context.task.tokenizer
+  step_ends = None if is_outcome_model(context, role) else task_step_ends(context)
   out = []
   for start in range(0, len(examples), problems_per_batch):
     chunk = examples[start:start + problems_per_batch]
@@ -136,26 +174,17 @@ def sample_and_score(context, state, examples, samples: int, key, *, beta: float
     else:
       prm_logp, ref_logp = role_logprobs(context, state, rollout, role)
       actions, mask = np.asarray(rollout.actions), np.asarray(rollout.mask)
-      ends = step_end_mask(tokenizer, actions, mask, texts, chain_sums.step_end_offsets)
+      ends = step_end_mask(tokenizer, actions, mask, texts, step_ends)
       rewards, step_mask, _ = step_rewards(prm_logp, ref_logp, mask, ends, beta=beta)
       rewards, steps = np.asarray(rewards), np.asarray(step_mask).sum(-1)
-    correct = np.asarray(arithmetic.arithmetic_correctness([e["prompt"] for e in local], texts,
-                                                           answer=[e["answer"] for e in local]), float)
-    answers = [_as_int(arithmetic.extract_final_answer(t)) for t in texts]
+    correct = verifier_correct(context, local, texts)
+    answers = final_answers(context, texts)
     sample_mask = np.asarray(rollout.mask)
     likelihood = (np.asarray(rollout.old_logp) * sample_mask).sum(-1) / np.maximum(sample_mask.sum(-1), 1)
     for i in range(len(chunk)):
       rows = slice(i * samples, (i + 1) * samples)
       out.append((rewards[rows], steps[rows], correct[rows], likelihood[rows], answers[rows]))
   return out
-
-
-def _as_int(answer):
-  """An answer as an int (None when there is none), so equal numbers vote together."""
-  try:
-    return int(answer)
-  except (TypeError, ValueError):
-    return None
 
 
 def teacher_forced_step_rewards(context, state, prompts, solutions, *, beta: float, role: str = "prm"):
@@ -169,7 +198,7 @@ def teacher_forced_step_rewards(context, state, prompts, solutions, *, beta: flo
                     old_logp=jax.numpy.zeros(ids.shape, jax.numpy.float32), group_ids=conditions["group_ids"],
                     extras={"prompt_ids": conditions["prompt_ids"], "prompt_mask": conditions["prompt_mask"]})
   prm_logp, ref_logp = role_logprobs(context, state, rollout, role)
-  ends = step_end_mask(tokenizer, ids, mask, solutions, chain_sums.step_end_offsets, require_steps=True)
+  ends = step_end_mask(tokenizer, ids, mask, solutions, task_step_ends(context), require_steps=True)
   rewards, step_mask, _ = step_rewards(prm_logp, ref_logp, mask, ends, beta=beta)
   return np.asarray(rewards), np.asarray(step_mask).sum(-1)
 
@@ -187,13 +216,15 @@ def encode_solutions(tokenizer, texts, length: int):
 
 
 def localisation(context, state, examples, *, beta: float, seed: int, role: str = "prm") -> dict:
+  """ProcessBench-style F1 of the first wrong step on each example's worked and flawed solutions
+  (`Task.solution_pair`), the threshold chosen on the first half of the examples."""
   rng = np.random.default_rng(seed)
   prompts, solutions, truth = [], [], []
   for e in examples:
-    flawed, labels = chain_sums.flawed_solution(e, int(rng.integers(0, e["num_steps"])), rng)
+    worked, flawed, first_wrong = context.task.solution_pair(e, rng)
     prompts += [e["prompt"], e["prompt"]]
-    solutions += [e["solution"], flawed]
-    truth += [-1, chain_sums.first_error(labels)]
+    solutions += [worked, flawed]
+    truth += [-1, first_wrong]
   rewards, steps = teacher_forced_step_rewards(context, state, prompts, solutions, beta=beta, role=role)
   truth = np.asarray(truth)
   half = 2 * (len(examples) // 2)
@@ -225,7 +256,7 @@ def evaluate(config, workdir, *, num: int, samples: int, ns, aggregations, probl
             "random": prm_eval.random_choice(correct),
             "pass_at_n": {n: prm_eval.pass_at_n(correct, n) for n in ns},
             "majority_vote": {n: prm_eval.majority_vote(np.asarray([a for *_, a in scored], object),
-                                                        [_as_int(ex["answer"]) for ex in examples], n) for n in ns},
+                                                        [answer_key(ex["answer"]) for ex in examples], n) for n in ns},
             "best_of_n/policy_likelihood": {n: prm_eval.best_of_n(np.stack([lp for *_, lp, _ in scored]), correct, n)
                                             for n in ns}}
   if outcome_only:  # one score per response: no aggregation, no step to localise
@@ -236,5 +267,7 @@ def evaluate(config, workdir, *, num: int, samples: int, ns, aggregations, probl
   for how in aggregations:
     scores = np.stack([prm_eval.aggregate_steps(r, s, how=how) for r, s, *_ in scored])
     result[f"best_of_n/{how}"] = {n: prm_eval.best_of_n(scores, correct, n) for n in ns}
-  result["localisation"] = localisation(context, state, examples, beta=beta, seed=config.seed, role=role)
+  # A task without step labels (no worked and flawed solutions) has no localisation score.
+  result["localisation"] = None if context.task.solution_pair is None else localisation(
+      context, state, examples, beta=beta, seed=config.seed, role=role)
   return result

@@ -59,6 +59,10 @@ class RoleSpec:
   objective: str = ""
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   lr: float = 1e-5
+  # A trainable role read by in-jit rewards: the RL stage updates it first and computes those
+  # rewards again with the updated parameters (PRIME's update="before"); False scores with the
+  # parameters before the update (one forward pass fewer).
+  score_after_update: bool = False
 
 
 def role_specs(config) -> dict[str, RoleSpec]:
@@ -77,6 +81,9 @@ def role_specs(config) -> dict[str, RoleSpec]:
       raise ValueError(f"config.roles.{name}.kind={spec.kind!r} is not one of {KINDS}")
     if spec.init not in INITS:
       raise ValueError(f"config.roles.{name}.init={spec.init!r} is not one of {INITS}")
+    if spec.score_after_update and not spec.trainable:
+      raise ValueError(f"config.roles.{name}.score_after_update=True needs a trainable role "
+                       f"(config.roles.{name}.trainable)")
     if spec.trainable and not spec.objective:
       raise ValueError(f"config.roles.{name} is trainable but names no objective "
                        f"(config.roles.{name}.objective)")

@@ -83,3 +83,42 @@ def test_one_prime_step_on_8_devices_matches_one_device():
     for a, b in zip(jax.tree.leaves(s1[role]["params"]), jax.tree.leaves(s8[role]["params"])):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a),
                                  rtol=2e-4, atol=2e-5, err_msg=role)
+
+
+def _implicit_prm_mean(rl, params, state, rollout, beta):
+  """Mean over rows of the summed token rewards beta (log pi_prm - log pi_ref), by hand."""
+  roles = rl.ctx.roles
+  prm = np.asarray(roles["prm"].scorer.compute_logprobs(params, rollout))
+  ref = np.asarray(roles["reference"].scorer.compute_logprobs(state["reference"]["params"], rollout))
+  return float(np.mean(np.sum(beta * (prm - ref) * np.asarray(rollout.mask), axis=-1)))
+
+
+@pytest.mark.parametrize("after_update", [False, True])
+def test_the_prm_scores_before_or_after_its_update(prime_run, after_update, monkeypatch):
+  """PRIME's two orders: the PRM's rewards come from its parameters before this step's update
+  (default), or it updates first and scores the batch again (`roles.prm.score_after_update`)."""
+  from jaxrl_reward.data import batching
+  e, rl, state, _ = prime_run
+  monkeypatch.setattr(rl, "rescored_roles", ["prm"] if after_update else [])
+  step = rl.start
+  new_state, stats = rl.step(jax.tree.map(lambda x: x.copy(), state), step)  # the step donates its input
+  idx = batching.batch_indices(len(e.context.task.train), rl.prompts, seed=e.config.seed + 1, step=0)
+  rollout, _ = rl.score(state, [e.context.task.train[i] for i in idx], jax.random.fold_in(e.context.key, step))
+  filtered, _ = rl._accuracy_filter(rollout)  # pylint: disable=protected-access
+  beta = e.config.rewards.options.implicit_prm.beta
+  before = _implicit_prm_mean(rl, state["prm"]["params"], state, filtered, beta)
+  after = _implicit_prm_mean(rl, new_state["prm"]["params"], state, filtered, beta)
+  assert abs(after - before) > 1e-4  # the update moved the PRM's rewards on this batch
+  want = after if after_update else before
+  assert stats["train/rewards/implicit_prm"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+
+def test_score_after_update_is_checked():
+  experiment_lib.check_config(_config(**{"roles.prm.score_after_update": True}))
+  assert prime_config.get_config("tiny,update_first").roles.prm.score_after_update
+  with pytest.raises(ValueError, match="score_after_update=True needs a trainable role"):
+    experiment_lib.check_config(_config(**{"roles.prm.score_after_update": True, "roles.prm.trainable": False}))
+  with pytest.raises(ValueError, match="no in-jit reward of config.rewards.names=.* reads role 'prm'"):
+    support.experiment(_config(**{"roles.prm.score_after_update": True, "rewards.names": ("test_length_mod3",),
+                                  "rewards.weights": (1.0,), "advantage.estimator": "rloo",
+                                  "advantage.options": {}, "rewards.options": {}}))

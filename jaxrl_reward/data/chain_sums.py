@@ -65,8 +65,11 @@ def _apply(running: int, op: str, operand: int) -> int:
   return running + operand if op == "+" else running - operand
 
 
-def format_step(running: int, op: str, operand: int, result: int) -> str:
-  """One step line, e.g. `format_step(19, "+", 30, 49) == "19+30=49"`."""
+def format_step(running: int, op: str, operand: int, result: int, *, spaced: bool = False) -> str:
+  """One step line, e.g. `format_step(19, "+", 30, 49) == "19+30=49"`; with `spaced`,
+  `"19 + 30 = 49"` (the natural-language form a pretrained model writes)."""
+  if spaced:
+    return f"{running} {op} {operand} = {result}"
   return f"{running}{op}{operand}={result}"
 
 
@@ -86,13 +89,14 @@ def _check_chain(operands: Sequence[int], ops: Sequence[str]) -> None:
     raise ValueError(f"ops must be drawn from {OPERATIONS}, got ops={list(ops)}")
 
 
-def _chain_steps(operands: Sequence[int], ops: Sequence[str], shift_at: int = -1,
-                 shift: int = 0) -> tuple[list[str], int]:
-  """Step lines and final value; step `shift_at` writes its result off by `shift`."""
+def chain_steps(operands: Sequence[int], ops: Sequence[str], shift_at: int = -1,
+                shift: int = 0, *, spaced: bool = False) -> tuple[list[str], int]:
+  """Step lines and final value; step `shift_at` writes its result off by `shift` (later steps
+  go on from the wrong value)."""
   running, steps = int(operands[0]), []
   for index, (op, operand) in enumerate(zip(ops, operands[1:])):
     result = _apply(running, op, int(operand)) + (shift if index == shift_at else 0)
-    steps.append(format_step(running, op, int(operand), result))
+    steps.append(format_step(running, op, int(operand), result, spaced=spaced))
     running = result
   return steps, running
 
@@ -101,7 +105,7 @@ def make_example(operands: Sequence[int], ops: Sequence[str]) -> Example:
   """`{"prompt", "answer", "solution", "num_steps"}` for `operands[0] ops[0] operands[1] ...`."""
   _check_chain(operands, ops)
   prompt = str(int(operands[0])) + "".join(f"{op}{int(y)}" for op, y in zip(ops, operands[1:])) + "="
-  steps, answer = _chain_steps(operands, ops)
+  steps, answer = chain_steps(operands, ops)
   return {"prompt": prompt, "answer": str(answer), "solution": format_solution(steps, answer),
           "num_steps": len(steps)}
 
@@ -128,9 +132,17 @@ def flawed_solution(example: Example, first_wrong_step: int,
     raise ValueError(f"first_wrong_step must be an int in [0, {num_steps}) for prompt "
                      f"{example['prompt']!r}, got first_wrong_step={first_wrong_step!r}")
   shift = int(rng.choice(ERROR_SHIFTS))
-  steps, answer = _chain_steps(operands, ops, shift_at=int(first_wrong_step), shift=shift)
+  steps, answer = chain_steps(operands, ops, shift_at=int(first_wrong_step), shift=shift)
   labels = [1] * int(first_wrong_step) + [0] * (num_steps - int(first_wrong_step))
   return format_solution(steps, answer), labels
+
+
+def solution_pair(example: Example, rng: np.random.Generator) -> tuple[str, str, int]:
+  """(worked solution, flawed solution, its first wrong step): the first wrong step is drawn
+  uniformly from `rng`, then the slip (`flawed_solution`)."""
+  first_wrong = int(rng.integers(0, example["num_steps"]))
+  flawed, labels = flawed_solution(example, first_wrong, rng)
+  return example["solution"], flawed, first_error(labels)
 
 
 def step_spans(text: str) -> list[tuple[int, int]]:
@@ -223,11 +235,12 @@ class ChainSumsTask(arithmetic.SeededSplits):
 
 def build_task(task_config, seed: int) -> Task:
   """The chain-sums `Task` (task_config: num_train, num_eval, max_value, min_terms, max_terms);
-  warm-up targets are the correct solutions."""
+  warm-up targets are the correct solutions; steps are lines (`step_end_offsets`)."""
   task = ChainSumsTask(
       seed=seed, num_train=task_config.num_train, num_eval=task_config.num_eval,
       max_value=task_config.max_value, min_terms=task_config.min_terms,
       max_terms=task_config.max_terms)
   train, held_out = task.splits()
   return Task(tokenizer_lib.build_arithmetic_tokenizer(), train, held_out,
-              answer_format=AnswerFormat(marker=ANSWER_MARKER, prefix=" "))
+              answer_format=AnswerFormat(marker=ANSWER_MARKER, prefix=" "), step_ends=step_end_offsets,
+              solution_pair=solution_pair)

@@ -19,6 +19,13 @@ index; eval entries whose question also appears in train (possible in small task
 are dropped and replaced by further entries, so no eval prompt is a train prompt.
 Both splits are a deterministic function of (name, config, seed, sizes).
 
+Steps: a completion's steps are its non-blank lines before the `<answer>` tag
+(`task.line_step_ends`). For a dataset whose questions are left-to-right chains of `+` and `-`
+(`chain_sum`, or `basic_arithmetic` with only those operators and no parentheses or negation),
+`chain_solution` writes the worked solution one operation per line (`"15 - 43 = -28"`), and the
+task's `solution_pair` gives a worked and a flawed solution with a known first wrong step, for
+step-error localisation (`jaxrl_reward.process_rewards`).
+
 Chat models: with `task_config.chat_template` each prompt becomes the tokenizer's chat
 rendering (`chat_prompt`): an optional system prompt, optional worked example turns
 (`chat_examples`, pairs of user / assistant texts that show the answer format), then the
@@ -28,11 +35,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from jaxrl_reward.data import chain_sums
 from jaxrl_reward.data import task as task_lib
 
 EVAL_SEED_OFFSET = 1_000_000_007
+ANSWER_FORMAT = task_lib.AnswerFormat(marker="<answer>", suffix="</answer>")
+_CHAIN = re.compile(r"\s*\d+(\s*[+-]\s*\d+)+\s*")
 FIELD_DATASET = "reasoning_gym_dataset"
 ANSWER_TAG_INSTRUCTION = "Give only the final answer between <answer> and </answer> tags."
 DEFAULT_SYSTEM_PROMPT = ANSWER_TAG_INSTRUCTION
@@ -154,6 +167,43 @@ def answer_tag_target(example: Example) -> str:
   return f"<answer>{example['answer']}</answer>"
 
 
+def chain_of(example: Example) -> tuple[list[int], list[str]]:
+  """(operands, operators) of an example whose expression (`entry["metadata"]["expression"]`) is a
+  left-to-right chain of non-negative integers joined by `+` and `-`, e.g. `"15 - 43 - 75"`."""
+  expression = (example.get("entry", {}).get("metadata") or {}).get("expression")
+  if not isinstance(expression, str) or not _CHAIN.fullmatch(expression):
+    raise ValueError(f"the example {example.get('prompt', '')[-60:]!r} is not a chain of + and - (its "
+                     f"metadata expression is {expression!r}): it has no worked step-by-step solution")
+  parts = re.findall(r"\d+|[+-]", expression)
+  return [int(v) for v in parts[0::2]], parts[1::2]
+
+
+def chain_solution(operands, ops, *, shift_at: int = -1, shift: int = 0) -> str:
+  """The worked solution, one operation per line, then the answer in tags:
+  `"15 - 43 = -28\n-28 - 75 = -103\n<answer>-103</answer>"`; step `shift_at` writes its result
+  off by `shift` (later steps go on from the wrong value)."""
+  steps, answer = chain_sums.chain_steps(operands, ops, shift_at=shift_at, shift=shift, spaced=True)
+  return "\n".join([*steps, f"{ANSWER_FORMAT.marker}{answer}{ANSWER_FORMAT.suffix}"])
+
+
+def solution_pair(example: Example, rng: np.random.Generator) -> tuple[str, str, int]:
+  """(worked solution, flawed solution, its first wrong step) of a chain example (`chain_of`): the
+  first wrong step is drawn uniformly from `rng`, then a slip of +-1..9 at that step."""
+  operands, ops = chain_of(example)
+  first_wrong = int(rng.integers(0, len(ops)))
+  shift = int(rng.choice(chain_sums.ERROR_SHIFTS))
+  return chain_solution(operands, ops), chain_solution(operands, ops, shift_at=first_wrong, shift=shift), first_wrong
+
+
+def _all_chains(examples: list[Example]) -> bool:
+  try:
+    for example in examples:
+      chain_of(example)
+  except ValueError:
+    return False
+  return bool(examples)
+
+
 def chat_prompt(tokenizer, user_text: str, *, system: str | None = None,
                 examples: Sequence[tuple[str, str]] = ()) -> str:
   """The chat-template prompt for `user_text`, ending where the assistant's reply starts.
@@ -212,7 +262,9 @@ def build_reasoning_gym_task(task_config, seed: int, *, tokenizer=None):
 
   Returns:
     `task.Task` whose examples keep `entry` and `reasoning_gym_dataset` (the reward
-    "reasoning_gym" reads them) and whose warm-up targets are `<answer>answer</answer>`.
+    "reasoning_gym" reads them), whose warm-up targets are `<answer>answer</answer>`, whose
+    steps are lines before the answer tag, and which has `solution_pair` when every example
+    is a chain of + and - (`chain_of`).
   """
   if tokenizer is None:
     tokenizer_dir = _config_value(task_config, "tokenizer_dir")
@@ -240,5 +292,6 @@ def build_reasoning_gym_task(task_config, seed: int, *, tokenizer=None):
     del step
     return [answer_tag_target(e) for e in examples]
 
-  return task_lib.Task(tokenizer, train, held_out, sft_targets,
-                       answer_format=task_lib.AnswerFormat(marker="<answer>", suffix="</answer>"))
+  return task_lib.Task(tokenizer, train, held_out, sft_targets, answer_format=ANSWER_FORMAT,
+                       step_ends=task_lib.line_step_ends(ANSWER_FORMAT.marker),
+                       solution_pair=solution_pair if _all_chains(train + held_out) else None)

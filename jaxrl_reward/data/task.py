@@ -4,11 +4,18 @@ Each example is a dict with at least `prompt`; its other fields (`answer`, `solu
 reach the reward functions as keyword columns, as in TRL. The task sources
 (`arithmetic`, `reasoning_gym_source`, `math_files`) build a `Task`; `tasks` selects one
 by `config.task.name`.
+
+Process rewards need a task's steps: `Task.step_ends` gives, for a completion's text, the
+character offset of the last character of each step (where a process reward model's step
+score is read), and `Task.solution_pair` gives, for an example, a worked solution and a flawed
+one with a known first wrong step (step-error localisation, for evaluation only).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
+
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +34,45 @@ def solutions(examples: list[dict], step: int) -> list[str]:
   return [e["solution"] for e in examples]
 
 
+def final_answer(answer_format: AnswerFormat, text: str) -> str | None:
+  """The answer written after the last `marker` of `text` (up to `suffix`, stripped), or None.
+
+  `final_answer(AnswerFormat("<answer>", suffix="</answer>"), "1 + 2 = 3\\n<answer> 3 </answer>")`
+  is `"3"`; a text without the marker, or with nothing after it, has no answer.
+  """
+  if answer_format.marker not in text:
+    return None
+  tail = text.rsplit(answer_format.marker, 1)[1]
+  if answer_format.suffix and answer_format.suffix in tail:
+    tail = tail.split(answer_format.suffix, 1)[0]
+  return tail.strip() or None
+
+
+def line_step_ends(marker: str) -> Callable[[str], list[int]]:
+  """Steps as lines: text -> the offset of the last non-space character of each non-blank line
+  before the first `marker` (the answer; text after it holds no step).
+
+  `line_step_ends("<answer>")("1 + 2 = 3\\n3 + 4 = 7 \\n<answer>7</answer>") == [8, 18]`.
+  """
+  if not marker:
+    raise ValueError("marker must be a non-empty string (where the steps end)")
+
+  def step_ends(text: str) -> list[int]:
+    body, ends, start = text.split(marker, 1)[0], [], 0
+    for line in body.split("\n"):
+      stripped = line.rstrip()
+      if stripped.strip():
+        ends.append(start + len(stripped) - 1)
+      start += len(line) + 1
+    return ends
+
+  return step_ends
+
+
+# (example, rng) -> (worked solution, flawed solution, index of the flawed one's first wrong step)
+SolutionPair = Callable[[dict, np.random.Generator], tuple[str, str, int]]
+
+
 @dataclasses.dataclass
 class Task:
   tokenizer: Any  # a transformers tokenizer
@@ -36,3 +82,7 @@ class Task:
   sft_targets: Callable[[list[dict], int], list[str]] = solutions
   # Where the final answer sits in a completion; None when the task has no marker.
   answer_format: AnswerFormat | None = None
+  # text -> character offsets of the last character of each step; None: the task has no steps.
+  step_ends: Callable[[str], list[int]] | None = None
+  # Worked and flawed solutions of an example, with the first wrong step; None: no step labels.
+  solution_pair: SolutionPair | None = None

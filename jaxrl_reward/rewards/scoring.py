@@ -16,6 +16,8 @@ options. `RewardSet.score` puts on the rollout:
   advantage 0 and `train/rewards/missing_frac` counts the missing entries). A NaN or inf
   returned by a reward function is an error naming it (`config.rewards.nonfinite="error"`)
   or, with "missing", a missing reward;
+- `host_outcome` `[B]` (with in-jit rewards): the host-side part of `outcome_rewards`, from which
+  `rescore` recomputes the in-jit part with updated models;
 - `labels` `[B]` (when asked): the verifier's score (`config.rewards.eval_name`) in [0, 1],
   the outcome labels of a reward model.
 
@@ -185,16 +187,23 @@ class RewardSet:
         stats[f"train/rewards/{name}"] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
     outcome = to_rows(outcome)
     values = {"outcome_rewards": outcome, "valid": to_rows(valid)}
-    rewards = outcome
+    rollout = rollout.update(rewards=outcome, **values)
     if self.model:
-      seq, tok, means = self._model_terms({r: state[r]["params"] for r in self.role_names}, rollout)
-      stats.update({f"train/rewards/{k}": float(v) for k, v in jax.device_get(means).items()})
-      values["outcome_rewards"] = rewards = outcome + seq
-      if self.has_token_rewards:
-        values["token_rewards"] = tok
-        rewards = tok + advantages_lib.outcome_to_token_rewards(rewards, rollout.mask)
+      rollout, model_stats = self.rescore(rollout.update(host_outcome=outcome), state)
+      stats.update(model_stats)
     if self.label_name is not None:
       labels = host_rewards.compute_rewards([self.label_name], prompts, completions, columns)[:, 0]
       local = np.clip(np.nan_to_num(labels, nan=0.0), 0.0, 1.0)  # a missing label counts as incorrect
-      values["labels"] = sharding.to_global(local, placement.mesh, placement.rules, b)
-    return rollout.update(rewards=rewards, **values), stats
+      rollout = rollout.update(labels=sharding.to_global(local, placement.mesh, placement.rules, b))
+    return rollout, stats
+
+  def rescore(self, rollout: Rollout, state: Mapping[str, Any]) -> tuple[Rollout, dict]:
+    """The in-jit rewards of a scored rollout (again) with the models of `state`, added to its
+    host-side outcome (`host_outcome`); and their means (`train/rewards/<name>`)."""
+    seq, tok, means = self._model_terms({r: state[r]["params"] for r in self.role_names}, rollout)
+    outcome = rollout["host_outcome"] + seq
+    values = {"outcome_rewards": outcome, "rewards": outcome}
+    if self.has_token_rewards:
+      values["token_rewards"] = tok
+      values["rewards"] = tok + advantages_lib.outcome_to_token_rewards(outcome, rollout.mask)
+    return rollout.update(**values), {f"train/rewards/{k}": float(v) for k, v in jax.device_get(means).items()}

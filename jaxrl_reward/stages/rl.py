@@ -17,7 +17,9 @@ Each step (`config.rollout`, `config.train`):
    groups out of every update (their rows become invalid and fully masked);
 5. one update of each further trainable role (`config.roles`: a process reward model with its
    reward-model objective on the verifier's labels, a value model on the returns), scored
-   before it is updated;
+   before it is updated; or, for a role with `score_after_update=True` (PRIME's
+   update="before"), updated first, and the in-jit rewards computed again with it before the
+   advantages;
 6. `num_iterations` passes over the batch, each split into `num_minibatches` optimizer steps
    of whole groups, each accumulated over `grad_accum_steps` micro-batches of whole groups.
 
@@ -174,8 +176,14 @@ class RL(stages.Stage):
     # Every role of config.roles is in the state; the trainable ones update online.
     self.extra_roles = [n for n in roles.specs if n not in ("policy", "reference")]
     self.trained_roles = list(s.role_objectives)
+    # Trained roles that in-jit rewards read after their update (PRIME's update="before").
+    self.rescored_roles = [n for n in self.trained_roles if roles.specs[n].score_after_update]
     self.role_names = ["policy"] + (["reference"] if self.needs_reference else []) + self.extra_roles
     self.rewards = scoring.RewardSet(c.rewards, roles, with_labels=s.needs_labels)
+    unread = [n for n in self.rescored_roles if n not in self.rewards.role_names]
+    if unread:
+      raise ValueError(f"config.roles.{unread[0]}.score_after_update=True, but no in-jit reward of "
+                       f"config.rewards.names={tuple(c.rewards.names)} reads role {unread[0]!r}")
     role_objectives = s.role_objectives
 
     # Optimizers and updates.
@@ -380,11 +388,6 @@ class RL(stages.Stage):
       stats["train/std_filter/kept_frac"] = kept
     if self.accuracy_filter:
       rollout, stats["train/accuracy_filter/kept_frac"] = self._accuracy_filter(rollout)
-    rollout = self._advantages(rollout)
-    # frac_valid counts the rows with a reward, before the std filter takes groups out.
-    stats.update(self._stats(rollout.update(valid=valid)))
-    if self.rewards.host:
-      self._check_missing(jax.device_get(stats), step)
     rng = np.random.default_rng([c.seed, step])
     metric_sums: dict[str, jax.Array] = {}
     counts: dict[str, int] = {}
@@ -396,8 +399,18 @@ class RL(stages.Stage):
         metric_sums[k] = metric_sums.get(k, 0.0) + v
         counts[k] = counts.get(k, 0) + 1
 
-    for name in self.trained_roles:  # scored above with the parameters before this update
+    for name in self.rescored_roles:  # update first, then score with the updated parameters
       apply(name, rollout)
+      rollout, reward_stats = self.rewards.rescore(rollout, state)
+      stats.update(reward_stats)
+    rollout = self._advantages(rollout)
+    # frac_valid counts the rows with a reward, before the std filter takes groups out.
+    stats.update(self._stats(rollout.update(valid=valid)))
+    if self.rewards.host:
+      self._check_missing(jax.device_get(stats), step)
+    for name in self.trained_roles:  # scored above with the parameters before this update
+      if name not in self.rescored_roles:
+        apply(name, rollout)
     for _ in range(self.num_iterations):
       for rows in learner.minibatch_rows(self.prompts, self.group_size, self.num_minibatches, rng):
         apply("policy", self._take_rows(rollout, rows))
