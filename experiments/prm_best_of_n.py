@@ -6,7 +6,8 @@
 Reads the newest checkpoint of the run in `--workdir` (its policy, reference and `prm` roles;
 the config must be the run's) and, on the task's first `--num` held-out problems:
 
-1. **Best-of-N**: samples `--samples` (M) solutions per problem from the policy, scores each step
+1. **Best-of-N**: samples `--samples` (M) solutions per problem from the policy (correct: a score
+   of at least 0.5 from the verifier, `config.rewards.eval_name`), scores each step
    with the PRM (`jaxrl_reward.process_rewards`: step reward = beta x the sum of the PRM's
    log-ratio to the reference over the step's tokens) and each solution by an aggregation of its
    step rewards (`--aggregations`, min first: the implicit PRM paper's default), and reports the
@@ -15,11 +16,12 @@ the config must be the run's) and, on the task's first `--num` held-out problems
    policy's own mean log-prob per token as the scorer, random choice (pass@1) and the oracle
    (pass@N). A run whose `config.reward_model.role` is an outcome reward model (a value role)
    is scored by its one score per solution ("best_of_n/outcome") and has no localisation.
-2. **Step-error localisation** (ProcessBench's metric): each problem's worked solution and a
-   flawed one whose first wrong step is drawn at random (`chain_sums.flawed_solution`) are scored
-   teacher-forced; the prediction is the first step whose reward is below a threshold, chosen on
-   the first half of the problems and applied to the second; F1 is the harmonic mean of the
-   accuracies on erroneous and on correct solutions.
+2. **Step-error localisation** (ProcessBench's metric), for a task that writes worked and flawed
+   solutions (`Task.solution_pair`: chain sums, reasoning-gym chains of + and -; otherwise
+   "localisation" is null): each problem's worked solution and a flawed one whose first wrong step
+   is drawn at random are scored teacher-forced; the prediction is the first step whose reward
+   is below a threshold, chosen on the first half of the problems and applied to the second; F1
+   is the harmonic mean of the accuracies on erroneous and on correct solutions.
 
 One JSON line goes to stdout (and is appended to `--results`). Single process. The work is
 `jaxrl_reward.process_rewards.evaluate`.

@@ -98,7 +98,7 @@ class Experiment:
     if not (workdir / provenance.CONFIG_FILE).is_file():
       raise FileNotFoundError(f"config.init_from={str(workdir)!r} holds no run ({provenance.CONFIG_FILE} missing)")
     changes = provenance.config_changes(workdir, self.config)
-    source_roles = set(json.loads((workdir / provenance.CONFIG_FILE).read_text(encoding="utf-8")).get("roles") or {})
+    source_roles = set(provenance.read_recorded(workdir).get("roles") or {})
     differ = sorted(k for k in changes if k.split(".")[0] in INIT_FROM_BLOCKS
                     and not _free_for_init_from(k, self.config, source_roles))
     if differ:

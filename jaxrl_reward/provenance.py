@@ -94,6 +94,16 @@ def write_config(workdir: str | os.PathLike, config: Any) -> pathlib.Path:
   return _write_json(pathlib.Path(workdir) / CONFIG_FILE, config_to_dict(config))
 
 
+def read_recorded(workdir: str | os.PathLike) -> dict:
+  """The config a run in `workdir` recorded (its config.json), as a plain dict; a clear error
+  naming the file when it cannot be read."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path} is not a readable config ({e}); it records the run of this workdir") from e
+
+
 def recorded_config(workdir: str | os.PathLike, defaults: Any = None, *, whole: Sequence[str] = ("roles",)):
   """The config a run in `workdir` recorded (its config.json) as a `ConfigDict`, lists as tuples.
 
@@ -102,11 +112,7 @@ def recorded_config(workdir: str | os.PathLike, defaults: Any = None, *, whole: 
   every `options` block come from the record alone (a role or an option the record lacks was
   not part of that run).
   """
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  try:
-    recorded = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path} is not a readable config ({e}); it records the run of this workdir") from e
+  recorded = read_recorded(workdir)
 
   def merge(base, top, path=""):
     if not isinstance(base, Mapping) or not isinstance(top, Mapping):
@@ -140,13 +146,9 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(workdir: str | os.PathLike, config: Any) -> dict[str, tuple[Any, Any]]:
   """`{key: (in config.json, in config)}` for every dotted key whose value differs ({} without a file)."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.is_file():
+  if not (pathlib.Path(workdir) / CONFIG_FILE).is_file():
     return {}
-  try:
-    old = _flat(json.loads(path.read_text(encoding="utf-8")))
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path} is not a readable config ({e}); it records the run of this workdir") from e
+  old = _flat(read_recorded(workdir))
   new = _flat(config_to_dict(config))
   return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
@@ -243,4 +245,4 @@ def write_provenance(workdir: str | os.PathLike, extra: Mapping[str, Any] | None
 
 
 __all__ = ["prepare_workdir", "config_to_dict", "write_config", "git_info", "package_versions",
-           "collect_provenance", "write_provenance", "CONFIG_FILE", "PROVENANCE_FILE", "PACKAGES"]
+           "collect_provenance", "write_provenance", "read_recorded", "CONFIG_FILE", "PROVENANCE_FILE", "PACKAGES"]
