@@ -43,6 +43,16 @@ def test_line_step_ends_on_hand_made_texts():
     task_lib.line_step_ends("")
 
 
+def test_a_task_without_steps_or_answer_marker_is_a_clear_error():
+  import types
+  context = types.SimpleNamespace(task=task_lib.Task(None, [], [], answer_format=None),
+                                  config=types.SimpleNamespace(task=types.SimpleNamespace(name="arithmetic")))
+  with pytest.raises(ValueError, match="task.name='arithmetic' has no step boundaries"):
+    process_rewards.task_step_ends(context)
+  with pytest.raises(ValueError, match="task.name='arithmetic' has no answer marker"):
+    process_rewards.final_answers(context, ["1"])
+
+
 @pytest.mark.parametrize("name", ["basic_arithmetic", "chain_sum"])
 def test_worked_and_flawed_chains_of_reasoning_gym_problems(name):
   config = CHAIN if name == "basic_arithmetic" else dict(min_terms=3, max_terms=4, min_digits=1, max_digits=2)
