@@ -161,15 +161,17 @@ def ce_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *, 
   """Cross-entropy implicit-PRM loss (ImplicitPRM `ce_trainer.py`; PRIME `compute_ce_dpo_loss_rm`).
 
   L = mean_b BCE(sigma(r_theta(y_b)), l_b) = -mean_b [l log sigma(r) + (1 - l) log sigma(-r)],
-  r = beta sum_t m_t (logp - ref_logp), computed from logits (stable for large |r|).
+  r = beta sum_t m_t (logp - ref_logp), computed from logits (stable for large |r|), the mean over
+  the rows with at least one token: a row without tokens (a padded row, or a group that PRIME's
+  accuracy filter took out) is absent, as PRIME drops the filtered samples from the batch.
 
   Args:
     logp, ref_logp, mask: `[B, T]` (ref_logp may be None, see `token_rewards`); values where the
       mask is 0 are ignored, whatever they hold.
     labels: `[B]` outcome labels in [0, 1] (soft labels allowed). Concrete labels outside [0, 1]
       raise ValueError; traced labels (under `jax.jit`) cannot be checked, and one outside [0, 1]
-      then makes the loss unbounded below. The label of a row without tokens is ignored (r = 0
-      there, so the row adds log 2 whatever its label; it still counts among the B rows).
+      then makes the loss unbounded below. The label of a row without tokens is ignored (the
+      row adds nothing and counts in no mean).
     beta: PRM beta (0.05 in PRIME and ImplicitPRM).
 
   Returns:
@@ -186,24 +188,26 @@ def _has_tokens(mask) -> Array:
 
 
 def ce_loss_terms(logp, ref_logp, mask, labels, *, beta):
-  """`ce_loss` as (sum over sequences, number of sequences, metrics)."""
+  """`ce_loss` as (sum over the sequences with tokens, their number, metrics)."""
   r = sequence_rewards(logp, ref_logp, mask, beta=beta)  # [B]
   checks.check_shape("labels", labels, r.shape, "logp[:, 0]")
   present = _has_tokens(mask)
   # Checked only when concrete (not under jit), and only on the rows whose label is used.
   checks.check_unit_interval("labels (outcome labels of the CE loss)", labels, where=present)
   labels = jnp.asarray(labels).astype(r.dtype)
-  # A row without tokens has r = 0 and adds log 2 for any finite label: drop its label
-  # (which may be NaN for a padded row) before it meets the arithmetic.
+  # A row without tokens is absent: drop its label (which may be NaN for a padded row) before
+  # it meets the arithmetic, and its term.
   loss_labels = checks.fill_masked(labels, present)
+  p = present.astype(r.dtype)
   per_seq = -(loss_labels * jax.nn.log_sigmoid(r) + (1.0 - loss_labels) * jax.nn.log_sigmoid(-r))
-  total = jnp.sum(per_seq)
-  den = jnp.asarray(r.shape[0], r.dtype)
+  total = jnp.sum(per_seq * p)
+  den = jnp.sum(p)
   rs = jax.lax.stop_gradient(r)
+  mean = lambda x: aggregation.safe_divide(jnp.sum(x * p), den)  # noqa: E731  over present rows
   metrics = {
-      "loss/prm_ce": total / den,
-      "stats/prm_reward_mean": jnp.mean(rs),
-      "stats/prm_accuracy": jnp.mean(((rs > 0) == (labels > 0.5)).astype(r.dtype)),
+      "loss/prm_ce": mean(per_seq),
+      "stats/prm_reward_mean": mean(rs),
+      "stats/prm_accuracy": mean(((rs > 0) == (labels > 0.5)).astype(r.dtype)),
   }
   return total, den, metrics
 

@@ -62,8 +62,11 @@ def np_score(token_rewards, ends, aggregate, max_steps):
 
 
 def np_ce(logp, ref, mask, labels, beta):
+  """Mean BCE over the rows with tokens (a row without tokens is absent, as PRIME's filtered samples)."""
   r = np.sum(np_token_rewards(logp, ref, mask, beta), axis=-1)
-  return np.mean(-(labels * np_log_sigmoid(r) + (1 - labels) * np_log_sigmoid(-r)))
+  present = np.asarray(mask).sum(-1) > 0
+  per_seq = -(labels * np_log_sigmoid(r) + (1 - labels) * np_log_sigmoid(-r))
+  return np.mean(per_seq[present])
 
 
 def np_dpo(cl, cr, cm, rl, rr, rm, beta):
@@ -133,7 +136,14 @@ class ImplicitPrmTest(chex.TestCase):
     np.testing.assert_allclose(value, np_ce(logp, ref, mask, labels, BETA), rtol=1e-5)
     np.testing.assert_allclose(grad, fd_grad_h(lambda x: np_ce(x, ref, mask, labels, BETA), logp), rtol=1e-4, atol=1e-6)
     r = np.sum(np_token_rewards(logp, ref, mask, BETA), -1)
-    np.testing.assert_allclose(metrics["stats/prm_accuracy"], np.mean((r > 0) == (labels > 0.5)))
+    present = mask.sum(-1) > 0  # row 2 has no token: absent from every mean
+    np.testing.assert_allclose(metrics["stats/prm_accuracy"], np.mean(((r > 0) == (labels > 0.5))[present]))
+    np.testing.assert_allclose(metrics["loss/prm_ce"], value, rtol=1e-6)
+    # Taking a row out (PRIME's accuracy filter zeroes its mask) leaves the mean of the others.
+    kept = np.ones_like(mask)
+    kept[1] = 0
+    dropped = fn(logp, ref, mask * kept, labels)[0]
+    np.testing.assert_allclose(dropped, np_ce(logp[:1], ref[:1], mask[:1], labels[:1], BETA), rtol=1e-5)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_dpo_loss_value_and_grad(self):
