@@ -1183,7 +1183,9 @@ PRIME = register(Reproduction(
         "without the PRM (RLOO on the outcome reward, the same filter): equal samples. Both start from the "
         "warmed-up `mini` policies of the implicit_prm reproduction (`config.init_from`, per seed) and take "
         "100 RL steps of 16 chain-sums problems x 8 samples; held-out greedy and sampled accuracy on 64 "
-        "problems every 25 steps (the first row is the warmed-up policy)."),
+        "problems every 25 steps (the first row is the warmed-up policy). The PRM scores each batch before "
+        "its update on it (PRIME's update=\"after\"; `configs/prime.py:update_first` is the other order) and "
+        "its CE loss averages over the samples the filter keeps."),
     runs=(RunSpec("prime", PRIME_CONFIG, _FROM_PRM_WARMUP), RunSpec("rloo", f"{PRIME_CONFIG}:rloo", _FROM_PRM_WARMUP)),
     seeds=3,
     paper=Paper("Cui et al. (2025), arXiv 2502.01456: PRIME improves Qwen2.5-Math-7B's SFT model by 16.7% on "
