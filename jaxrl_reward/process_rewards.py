@@ -144,6 +144,7 @@ def verifier_correct(context, examples, texts) -> np.ndarray:
 
 
 def final_answers(context, texts) -> list:
+  """Each completion's final answer as a vote (`answer_key`), read where the task writes it."""
   fmt = context.task.answer_format
   if fmt is None:
     raise ValueError(f"task.name={context.config.task.name!r} has no answer marker (Task.answer_format): "
