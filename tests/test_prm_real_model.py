@@ -9,7 +9,7 @@ import pytest
 
 from jaxrl_reward import process_rewards
 from jaxrl_reward.data import task as task_lib
-from tests import support
+import support
 
 pytest.importorskip("reasoning_gym")
 
