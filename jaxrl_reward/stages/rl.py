@@ -399,8 +399,9 @@ class RL(stages.Stage):
         metric_sums[k] = metric_sums.get(k, 0.0) + v
         counts[k] = counts.get(k, 0) + 1
 
-    for name in self.rescored_roles:  # update first, then score with the updated parameters
+    for name in self.rescored_roles:  # update first, then score once with the updated parameters
       apply(name, rollout)
+    if self.rescored_roles:
       rollout, reward_stats = self.rewards.rescore(rollout, state)
       stats.update(reward_stats)
     rollout = self._advantages(rollout)
