@@ -164,6 +164,9 @@ class Checkpointer:
       raise FileNotFoundError(
           f"step={step!r}: no finalised checkpoint of that step in {self.directory!r}; "
           f"available steps: {steps}")
+    missing = self._missing_file(int(step))
+    if missing is not None:
+      raise FileNotFoundError(f"step {step}: {missing} is missing")
     target = jax.tree.map(_as_abstract, abstract_state)
     restored = self._manager.restore(int(step), args=ocp.args.Composite(**{
         _STATE: ocp.args.StandardRestore(target),
@@ -214,6 +217,18 @@ class Checkpointer:
       raise RuntimeError(f"no checkpoint in {self.directory} can be restored: {'; '.join(failures)}")
     return None
 
+  def _missing_file(self, step: int) -> pathlib.Path | None:
+    """The first missing part of step `step`'s state item, or None.
+
+    Without these orbax reports a tree-structure mismatch (no `_METADATA`: it falls back to
+    the caller's tree) or a missing item, which hides the cause.
+    """
+    state = pathlib.Path(self.directory) / str(step) / _STATE
+    for path in (state, state / "_METADATA"):
+      if not path.exists():
+        return path
+    return None
+
   def _set_aside(self, step: int) -> pathlib.Path:
     """Renames step `step`'s directory to `unreadable-<step>[-k]` (process 0; every process waits)."""
     source = pathlib.Path(self.directory) / str(step)
@@ -256,7 +271,13 @@ def fingerprint(state: PyTree) -> list[float]:
 
 
 def one_line(error: BaseException, limit: int = 240) -> str:
-  """`Type: first line of the message`, shortened: orbax and tensorstore errors run to pages."""
+  """`Type: first line of the message` of the error's root cause, shortened.
+
+  The root cause is the last error of the `raise ... from` chain: orbax wraps tensorstore's
+  precise error (which file, which byte range) in a generic one whose message runs to pages.
+  """
+  while error.__cause__ is not None:
+    error = error.__cause__
   text = str(error).strip().splitlines()[0] if str(error).strip() else ""
   text = f"{type(error).__name__}: {text}" if text else type(error).__name__
   return text if len(text) <= limit else text[:limit - 3] + "..."

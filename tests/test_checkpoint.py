@@ -1,5 +1,7 @@
 """Tests for jaxrl_reward.checkpoint."""
 import os
+import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxrl_reward.checkpoint import Checkpointer
+from jaxrl_reward.checkpoint import Checkpointer, one_line
 
 
 def _state(offset=0.0):
@@ -94,6 +96,34 @@ def test_restore_without_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no finalised checkpoint"):
     ckpt.restore(_abstract(_state()))
   ckpt.close()
+
+
+@pytest.mark.parametrize("part", ["state/_METADATA", "state"])
+def test_restore_names_a_missing_part_of_the_step(tmp_path, part):
+  """Without the check orbax reports a tree-structure mismatch or a missing item instead."""
+  ckpt = Checkpointer(tmp_path)
+  ckpt.save(1, _state())
+  ckpt.wait()
+  path = tmp_path / "1" / part
+  shutil.rmtree(path) if path.is_dir() else path.unlink()
+  with pytest.raises(FileNotFoundError, match=f"^step 1: {re.escape(str(path))} is missing$"):
+    ckpt.restore(_abstract(_state()))
+  ckpt.close()
+
+
+def test_one_line_reports_the_root_cause():
+  try:
+    try:
+      raise ValueError('OUT_OF_RANGE: Error reading "w/0.0"\nsecond line')
+    except ValueError as inner:
+      raise Exception("Encountered error while reading array index. Details: " + "x" * 500) from inner
+  except Exception as e:
+    assert one_line(e) == 'ValueError: OUT_OF_RANGE: Error reading "w/0.0"'
+    context_only = RuntimeError("outer")
+    context_only.__context__ = e  # an error raised while handling another is its own cause
+    assert one_line(context_only) == "RuntimeError: outer"
+  assert one_line(KeyError()) == "KeyError"
+  assert one_line(RuntimeError("y" * 300)) == "RuntimeError: " + "y" * 223 + "..."
 
 
 def test_restore_onto_a_different_mesh(tmp_path):

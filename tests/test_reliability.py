@@ -151,6 +151,13 @@ DAMAGE = {
     "deleted_state": lambda d: shutil.rmtree(d / "state"),
     "overwritten_bytes": _overwrite,
 }
+# What the warning names as the cause: tensorstore's own error, not orbax's pages-long wrapper.
+CAUSE = {
+    "truncated_data_file": "Error reading",
+    "deleted_metadata": "_METADATA is missing",
+    "deleted_state": "state is missing",
+    "overwritten_bytes": "do not match the fingerprint",
+}
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
@@ -161,6 +168,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(runs, tmp_path
   t.run(tmp_path)
   warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning: checkpoint step")]
   assert len(warnings) == 1 and "step 5" in warnings[0] and "unreadable-5" in warnings[0]
+  assert CAUSE[damage] in warnings[0] and "TensorStore(" not in warnings[0], warnings[0]
   assert (tmp_path / "checkpoints" / "unreadable-5").is_dir()
   _assert_same_metrics(_rows(full), _rows(tmp_path))  # from step 4 on, exactly the uninterrupted run
 
