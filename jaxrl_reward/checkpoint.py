@@ -40,6 +40,9 @@ Example:
 """
 from __future__ import annotations
 
+import gc
+import inspect
+import logging
 import os
 import pathlib
 import sys
@@ -200,17 +203,20 @@ class Checkpointer:
         cause.
     """
     failures = []
+    _quiet_abandoned_reads()
     for step in reversed(self.all_steps()):
       try:
         state, extra = self.restore(abstract_for_step(step), step=step)
         if validate is not None:
           validate(state)
       except Exception as e:  # noqa: BLE001  (any failure to read a step makes it unusable)
+        _FAILED_STEPS.append(str(pathlib.Path(self.directory) / str(step)))
         cause = one_line(e)
         moved = f"moved to {self._set_aside(step).name}, " if set_aside else ""
         print(f"warning: checkpoint step {step} in {self.directory} cannot be restored ({cause}); {moved}"
               "trying an older step", file=sys.stderr, flush=True)
         failures.append(f"step {step}: {cause}")
+        gc.collect()  # close the failed restore's pending reads now, under the hook above
         continue
       return state, extra, step
     if failures:
@@ -268,6 +274,49 @@ def fingerprint(state: PyTree) -> list[float]:
   if not leaves:
     return []
   return [float(v) for v in np.asarray(_abs_sums(leaves).addressable_data(0))]
+
+
+_FAILED_STEPS: list[str] = []  # directories of the steps whose restore failed
+
+
+def _quiet_abandoned_reads() -> None:
+  """Stops Python from printing what the reads of a failed restore leave behind.
+
+  A restore that fails on one array stops with other reads still pending, and each of them
+  ends in an exception that nobody can catch, which Python prints with its traceback
+  (hundreds of lines, at any later point of the run):
+  - orbax's read coroutine wraps any BaseException, GeneratorExit included, in an Exception
+    whose message is a page of TensorStore spec, so closing a pending one raises;
+  - tensorstore reads that finish after orbax closed its event loop fail to schedule their
+    callback (RuntimeError "Event loop is closed");
+  - asyncio logs each abandoned read whose error names a file of the failed step ("Future
+    exception was never retrieved").
+  These are dropped; anything else goes on as before. Installed once, before the first
+  restore that may fail: the first callbacks can fail before the restore's error reaches us.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_read_errors", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    closed_read = inspect.iscoroutine(unraisable.object) and isinstance(
+        getattr(error, "__cause__", None), GeneratorExit)
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    if not (closed_read or closed_loop):
+      previous(unraisable)
+
+  hook.drops_closed_read_errors = True
+  sys.unraisablehook = hook
+  asyncio_log = logging.getLogger("asyncio")
+  if _is_not_an_abandoned_read not in asyncio_log.filters:
+    asyncio_log.addFilter(_is_not_an_abandoned_read)
+
+
+def _is_not_an_abandoned_read(record: logging.LogRecord) -> bool:
+  error = record.exc_info[1] if record.exc_info else None
+  return not (error is not None and "exception was never retrieved" in record.getMessage()
+              and any(step in str(error) for step in _FAILED_STEPS))
 
 
 def one_line(error: BaseException, limit: int = 240) -> str:

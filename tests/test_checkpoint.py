@@ -1,7 +1,14 @@
 """Tests for jaxrl_reward.checkpoint."""
+import gc
+import logging
 import os
+import pathlib
 import re
 import shutil
+import subprocess
+import sys
+import textwrap
+import types
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +16,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxrl_reward import checkpoint as checkpoint_lib
 from jaxrl_reward.checkpoint import Checkpointer, one_line
 
 
@@ -109,6 +117,75 @@ def test_restore_names_a_missing_part_of_the_step(tmp_path, part):
   with pytest.raises(FileNotFoundError, match=f"^step 1: {re.escape(str(path))} is missing$"):
     ckpt.restore(_abstract(_state()))
   ckpt.close()
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# 40 arrays, every data file of the newest step cut in half: the restore fails with many reads
+# still pending, whose late errors Python would print (hundreds of lines) after the warning.
+FALLBACK_SCRIPT = textwrap.dedent("""
+    import pathlib, sys
+    import jax, jax.numpy as jnp
+    from jaxrl_reward.checkpoint import Checkpointer
+    directory = pathlib.Path(sys.argv[1])
+    state = {f"a{i}": jnp.full((64, 64), float(i)) for i in range(40)}
+    ckpt = Checkpointer(directory)
+    ckpt.save(1, state)
+    ckpt.save(2, jax.tree.map(lambda x: x + 1, state))
+    ckpt.wait()
+    for path in (directory / "2" / "state").rglob("*"):
+      if path.is_file() and path.parent.name == "d":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored, _, step = ckpt.restore_newest_readable(lambda step: abstract)
+    ckpt.close()
+    print(step, float(restored["a3"][0, 0]))
+""")
+
+
+def test_fallback_prints_one_line_and_nothing_from_the_abandoned_reads(tmp_path):
+  proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(tmp_path / "ckpt")], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ["1", "3.0"]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("warning: checkpoint step 2 "), proc.stderr[:3000]
+
+
+def test_only_the_abandoned_reads_are_dropped(monkeypatch, caplog):
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  monkeypatch.setattr(checkpoint_lib, "_FAILED_STEPS", ["/ckpt/7"])
+  checkpoint_lib._quiet_abandoned_reads()
+
+  @types.coroutine
+  def pause():
+    yield
+
+  async def read():  # like orbax's read: any BaseException, GeneratorExit included, is wrapped
+    try:
+      await pause()
+    except BaseException as e:
+      raise Exception("a page of TensorStore spec") from e
+
+  pending = read()
+  pending.send(None)
+  del pending
+  gc.collect()
+  sys.unraisablehook(types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None))
+  other = types.SimpleNamespace(exc_value=RuntimeError("a real problem"), object=None)
+  sys.unraisablehook(other)
+  assert seen == [other]
+
+  log = logging.getLogger("asyncio")
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    for path in ("/ckpt/7/state/", "/elsewhere/"):
+      try:
+        raise ValueError(f'Error reading "a0" in {path}')
+      except ValueError:
+        log.error("Future exception was never retrieved", exc_info=True)
+  assert [str(r.exc_info[1]) for r in caplog.records] == ['Error reading "a0" in /elsewhere/']
 
 
 def test_one_line_reports_the_root_cause():
