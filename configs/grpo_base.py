@@ -27,6 +27,9 @@ def grpo_config() -> config_dict.ConfigDict:
   # (its stages are done there), e.g. a warm-up run shared by several RL or reward-model runs:
   #   --config.stages='("reward_model",)' --config.init_from=/tmp/warmed_up
   c.init_from = ""
+  # The source run must be complete (every step of its stages done); a step number here accepts
+  # that step of a run that stopped early instead (0: complete runs only).
+  c.init_from_step = 0
 
   c.model = config_dict.ConfigDict()
   c.model.name = "mini"  # a size in models.transformer.get_config
@@ -51,6 +54,10 @@ def grpo_config() -> config_dict.ConfigDict:
   c.rewards.eval_name = "arithmetic_correctness"  # the verifier: held-out accuracy, reward-model labels
   c.rewards.options = config_dict.ConfigDict()  # per in-jit reward: {name: {option: value}}
   c.rewards.nonfinite = "error"  # a NaN/inf from a reward function: "error" (naming it) or "missing"
+  # Seconds a host reward function's call may take before it is given up on (0: no deadline), and what
+  # that is: "error" (naming it) or "missing" (its rows get no reward for that step, with a warning).
+  c.rewards.timeout_s = 600.0
+  c.rewards.on_timeout = "error"
   c.rewards.stop_after_missing_steps = 3  # RL steps in a row without any reward before the run stops (0: never)
   # > 0: RLPR's std filter, groups whose reward std is below this x the EMA of the mean std leave the update.
   c.rewards.std_filter_beta = 0.0

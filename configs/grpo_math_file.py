@@ -11,7 +11,9 @@ field is the worked solution, which the supervised warm-up trains on when
 `warmup.steps > 0`. `task.answer_format="auto"` also reads MATH's `\\boxed{...}` answers
 and plain ones: for MATH-style files set `--config.task.question_field=problem
 --config.task.answer_field=solution`. An empty, non-UTF-8 or malformed file is a one-line
-error naming it.
+error naming it, and so is a row whose prompt takes more than `task.max_prompt_length` tokens
+(at start-up) or, when the warm-up runs, whose prompt, worked solution and EOS take more than
+`task.max_prompt_length + task.max_completion_length` (at its first batch).
 
 Files: `$JAXRL_MATH_DATA_DIR` (default ~/.cache/jaxrl_reward/gsm8k) holds `train.jsonl`
 and `test.jsonl` (the names of the GSM8K release, `grade_school_math/data/`); or pass

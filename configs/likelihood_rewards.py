@@ -34,10 +34,15 @@ Variants (`--config=configs/likelihood_rewards.py:VARIANT`):
   smollm2  SmolLM2-135M-Instruct on reasoning-gym `basic_arithmetic` with a short chain of
            thought before the `<answer>` tag, for one GPU (see configs/grpo_smollm2.py for the
            model folder); `smollm2_cpu` is its smoke run on 2 CPU cores.
+One variant at a time: each sets the task, the scale and the reward together, so two (e.g.
+`tiny,long`; `long_tiny` is that one) are an error naming both.
 """
 from ml_collections import config_dict
 
 from configs import grpo_arithmetic, grpo_smollm2
+from configs import variants
+
+VARIANTS = ("tiny", "long", "long_tiny", "verifier", "long_verifier", "smollm2", "smollm2_cpu")
 
 SMOLLM2_SYSTEM_PROMPT = ("You are a careful calculator. Think briefly, then give only the result between "
                          "<answer> and </answer> tags.")
@@ -60,7 +65,7 @@ def _likelihood(c: config_dict.ConfigDict, *, max_answer_tokens: int) -> config_
 
 
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
-  variant = variant or ""
+  variant, _ = variants.split(variant, "configs/likelihood_rewards.py", VARIANTS, ())
   if variant.startswith("smollm2"):
     c = grpo_smollm2.get_config("cpu" if variant == "smollm2_cpu" else None)
     c.task.system_prompt = SMOLLM2_SYSTEM_PROMPT
@@ -68,8 +73,6 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
     c.task.max_prompt_length = 192
     c.task.max_completion_length = 32 if variant == "smollm2_cpu" else 96
     _likelihood(c, max_answer_tokens=12)  # "-38</answer><|im_end|>"
-    if variant not in ("smollm2", "smollm2_cpu"):
-      raise ValueError(f"unknown variant {variant!r} of configs/likelihood_rewards.py")
     return c
 
   c = grpo_arithmetic.get_config("tiny" if variant in ("tiny", "long_tiny") else None)
@@ -86,12 +89,9 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
     c.objective.name = "grpo"
   if variant in ("", "long", "verifier", "long_verifier"):
     c.train.steps = 200
-  elif variant in ("tiny", "long_tiny"):
+  else:  # tiny, long_tiny
     c.train.num_iterations = 1
     c.train.num_minibatches = 1
     # Four warm-up steps teach no marker yet: score the answer after the whole completion.
     c.rewards.options.likelihood.no_marker = "append"
-  else:
-    raise ValueError(f"unknown variant {variant!r} of configs/likelihood_rewards.py; known: tiny, long, long_tiny, "
-                     "verifier, long_verifier, smollm2, smollm2_cpu")
   return c

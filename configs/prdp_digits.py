@@ -9,7 +9,9 @@ read as the digit are reward hacking.
 
     python -m experiments.train --config=configs/prdp_digits.py --workdir=/tmp/prdp_digits
 
-Variants (`--config=configs/prdp_digits.py:VARIANT`, several joined by commas, e.g. `large,ddpo`):
+Variants (`--config=configs/prdp_digits.py:VARIANT`, several joined by commas, e.g. `large,ddpo`: at most
+one size, `tiny`, `large`, `styles` or `mnist` (each sets the scale and data: two would mix), and at most
+one objective, `prdp`, `rdp` or `ddpo`; two of a kind, or a name twice, is an error naming both):
   (none)       small scale: 4 digits x 8 samples per step, K = 4 gradient steps per snapshot, PRDP;
                about 2 minutes on 2 CPU cores (1,500 pre-training steps, then 40 RL steps).
   large        large scale on the same data: every digit each step, K = 1 pass over the
@@ -29,7 +31,11 @@ for Stable Diffusion's reward scale, so set `beta` for this one.
 """
 from ml_collections import config_dict
 
-VARIANTS = ("tiny", "large", "styles", "mnist", "prdp", "rdp", "ddpo")
+from configs import variants
+
+SIZES = ("tiny", "large", "styles", "mnist")
+OBJECTIVES = ("prdp", "rdp", "ddpo")
+VARIANTS = SIZES + OBJECTIVES
 BETA = 10.0  # RDP/PRDP's KL coefficient for this reward (in units of the reward model's std)
 
 
@@ -53,6 +59,12 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   # trained roles this run starts from, e.g. to fine-tune one pre-trained model several ways:
   #   --config.stages='("rl",)' --config.init_from=/tmp/prdp_pretrained
   c.init_from = ""
+  # The source run must be complete (every step of its stages done); a step number here accepts
+  # that step of a run that stopped early instead (0: complete runs only).
+  c.init_from_step = 0
+  # The RL stage refuses to start with an untrained reward model and guard (no pre-training
+  # steps and no init_from): True fine-tunes against the random ones anyway.
+  c.allow_untrained_reward = False
 
   c.model = config_dict.ConfigDict()
   c.model.kind = "diffusion"
@@ -126,15 +138,13 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.log_every = 1
   c.checkpoint_every = 50
 
-  for name in (variant or "").split(","):
-    _apply(c, name.strip())
+  for name in variants.names(variant, "configs/prdp_digits.py", VARIANTS, exclusive=(SIZES, OBJECTIVES)):
+    _apply(c, name)
   return c
 
 
 def _apply(c: config_dict.ConfigDict, variant: str) -> None:
-  if variant == "":
-    pass
-  elif variant in ("prdp", "rdp", "ddpo"):
+  if variant in OBJECTIVES:
     set_objective(c, variant)
   elif variant == "large":
     c.task.num_prompts = 0  # every digit
@@ -180,5 +190,3 @@ def _apply(c: config_dict.ConfigDict, variant: str) -> None:
     c.eval.batch_size = 480
     c.eval.samples_per_prompt = 4
     c.eval.every = 50
-  else:
-    raise ValueError(f"unknown variant {variant!r} of configs/prdp_digits.py; known: {VARIANTS}")

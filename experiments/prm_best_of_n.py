@@ -4,7 +4,9 @@
         --workdir=/tmp/implicit_prm --num=128 --samples=64 [--results=FILE.jsonl]
 
 Reads the newest checkpoint of the run in `--workdir` (its policy, reference and `prm` roles;
-the config must be the run's) and, on the task's first `--num` held-out problems:
+the config must be the run's: one whose model, roles, stages or task differ from the workdir's
+`config.json` is a one-line error naming the keys, before anything is restored) and, on the
+task's first `--num` held-out problems:
 
 1. **Best-of-N**: samples `--samples` (M) solutions per problem from the policy (correct: a score
    of at least 0.5 from the verifier, `config.rewards.eval_name`), scores each step
@@ -22,6 +24,16 @@ the config must be the run's) and, on the task's first `--num` held-out problems
    is drawn at random are scored teacher-forced; the prediction is the first step whose reward
    is below a threshold, chosen on the first half of the problems and applied to the second; F1
    is the harmonic mean of the accuracies on erroneous and on correct solutions.
+
+3. **Diagnostics** (issue 23), for every scorer (each aggregation, "policy_likelihood" and the
+   untrained role, "untrained/<aggregation>": the scorer at its initial parameters, a baseline that
+   shows what training added): "score_length_corr" and "score_steps_corr" (Pearson correlation of
+   the score with completion length in tokens and with its number of steps: a learned length
+   penalty shows as a strongly negative one), "best_of_n_well_formed/<scorer>" (Best-of-N among
+   the well-formed samples only, `process_rewards.well_formed`: the final answer is written and
+   the number of steps is the problem's; "well_formed" holds their fraction and the baselines on
+   them) and "pair_accuracy" {"trained", "untrained"} on one held-out (worked, flawed) pair per
+   problem, the positive control's metric (`configs/implicit_prm.py:control`).
 
 One JSON line goes to stdout (and is appended to `--results`). Single process. The work is
 `jaxrl_reward.process_rewards.evaluate`.

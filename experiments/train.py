@@ -9,7 +9,9 @@ and `roles`, whose keys are checked against the selected objective, estimator an
 when the run starts (before the first step). Running again on the same workdir resumes
 from its newest readable checkpoint, with the same config (`--allow_config_change` names the
 keys that may differ). Ctrl-C or SIGTERM stops after the current step with a checkpoint
-(exit status 130 / 143); a second Ctrl-C aborts at once.
+(exit status 130 / 143); a second Ctrl-C aborts at once. Any error is one line on stderr (exit
+status 1): a bad config, workdir or data file at start-up, or, inside the loop, the error with
+the step, the stage and the last checkpoint; `--traceback` shows where it was raised.
 
 Several processes (TPU pod slices, multi-node GPU) run the same command on every host;
 `jax.distributed` is initialised from the environment (see README, "Scale out"):
@@ -33,9 +35,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, metrics, 
 _ALLOW = flags.DEFINE_list("allow_config_change", [], "Config keys (or blocks) that may differ from the run "
                            "already in --workdir when it resumes, e.g. train.steps,eval.every; the changes are "
                            "recorded in the workdir's config_changes.jsonl.")
-_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of a start-up error (a bad config key, "
-                               "option or value), not just its one-line message.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the traceback of an error (a bad config key, option "
+                               "or value, workdir, reward function, ...), not just its one-line message.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def error_line(e: BaseException) -> str:
+  """The message of `e` as one line (its first line, or its type when it has none)."""
+  text = str(e.args[0] if len(e.args) == 1 else e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
 
 
 def main(argv):
@@ -53,15 +61,14 @@ def main(argv):
   try:  # every start-up check: names, options, shapes, the workdir's run; nothing is written yet
     run = experiment.Experiment(config)
     run.check_workdir(_WORKDIR.value, _ALLOW.value)
-  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-    if _TRACEBACK.value:
-      raise
-    sys.exit(f"error: {e.args[0] if e.args else e}  (--traceback shows where)")
-  try:
     result = run.run(_WORKDIR.value, allow_config_change=_ALLOW.value)
   except interrupts.Interrupted as e:
     print(e, file=sys.stderr)
     sys.exit(e.exit_code)
+  except Exception as e:  # noqa: BLE001  (a bad config, workdir or reward, or an error in a step: one line)
+    if _TRACEBACK.value:
+      raise
+    sys.exit(f"error: {error_line(e)}  (--traceback shows where)")
   print(result["table"])
 
 

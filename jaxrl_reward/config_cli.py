@@ -11,6 +11,7 @@ selected objective, estimator or reward accepts.
 from __future__ import annotations
 
 import difflib
+import pathlib
 import sys
 from typing import Iterable, Sequence
 
@@ -56,19 +57,29 @@ def parse_argv(argv: Sequence[str], flag: str = "config") -> tuple[str | None, l
 
 
 def check_argv(argv: Sequence[str] = None, flag: str = "config") -> None:
-  """Exits with status 2 and one line on stderr when an override names no config key."""
+  """Exits with status 2 and one line on stderr when the config file fails to load (unless
+  `--traceback` is given) or an override names no config key."""
   argv = sys.argv if argv is None else argv
   spec, keys = parse_argv(argv, flag)
-  if not spec or not keys:
+  if not spec:
     return
   try:
+    if not pathlib.Path(spec.split(":", 1)[0]).is_file():
+      raise FileNotFoundError(f"no such config file: {spec.split(':', 1)[0]}")
     config = load(spec)
-  except Exception as e:  # noqa: BLE001  (absl reports a bad config file itself, with its traceback)
-    del e
-    return
+    known = flat_keys(config)  # a file that failed to load raises here (absl loads lazily)
+  except Exception as e:  # noqa: BLE001  (any error of the user's config file)
+    if "--traceback" in argv:
+      return  # absl loads it again and shows the whole traceback
+    cause = e  # ml_collections wraps the file's own error in a page of traceback text: report the innermost
+    while (cause.__cause__ or cause.__context__) is not None:
+      cause = cause.__cause__ or cause.__context__
+    text = (str(cause).strip().splitlines() or [""])[0]
+    sys.stderr.write(f"error: --{flag}={spec}: {type(cause).__name__}: {text}  (--traceback shows where)\n")
+    sys.exit(2)
   bad = unknown_keys(config, keys)
   if bad:
-    known = sorted(flat_keys(config))
+    known = sorted(known)
     hints = []
     for key in bad:
       close = difflib.get_close_matches(key, known, 1)

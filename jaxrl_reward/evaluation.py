@@ -47,7 +47,8 @@ def decode_and_score(context, params, examples: list[dict], key, *, greedy: bool
                      answer_perplexity: bool = False) -> Scores:
   """Samples one completion per example (batches of `batch_size`, the last one padded) and scores it."""
   policy = context.roles.policy
-  reward = context.config.rewards.eval_name
+  rewards_config = context.config.rewards
+  reward = rewards_config.eval_name
   n = len(examples)
   padded = examples + [examples[-1]] * (-n % batch_size)
   scores, completions, lengths = [], [], []
@@ -59,7 +60,9 @@ def decode_and_score(context, params, examples: list[dict], key, *, greedy: bool
     conditions = policy.conditions([e["prompt"] for e in chunk], np.arange(batch_size)[rows], batch_size)
     rollout = policy.sample(params, conditions, jax.random.fold_in(key, start), greedy=greedy)
     texts = policy.decode(rollout)
-    values = host_rewards.compute_rewards([reward], [e["prompt"] for e in chunk], texts, scoring.columns_of(chunk))
+    values = host_rewards.compute_rewards([reward], [e["prompt"] for e in chunk], texts, scoring.columns_of(chunk),
+                                          timeout_s=rewards_config.get("timeout_s", host_rewards.DEFAULT_TIMEOUT_S),
+                                          on_timeout=rewards_config.get("on_timeout", "error"))
     local = np.nan_to_num(values[:, 0], nan=0.0)  # a missing score counts as wrong
     scores.extend(sharding.gather_rows(local).tolist())
     lengths.extend(sharding.gather_rows(sharding.local_rows(rollout.mask).sum(-1)).tolist())

@@ -35,6 +35,7 @@ from jaxrl_reward import peers
 from jaxrl_reward import provenance
 from jaxrl_reward import sharding
 from jaxrl_reward import stages as stages_lib
+from jaxrl_reward import workdir_lock
 from jaxrl_reward.data import tasks as tasks_lib
 from jaxrl_reward.state import Roles, model_kind
 from objectives import estimators
@@ -63,6 +64,7 @@ class Experiment:
     if not self.stages:
       raise ValueError(f"config.stages={tuple(config.stages)!r}: every stage has 0 steps")
     self.total_steps = start
+    self.init_source = None  # the run of config.init_from: its path, commit and step
     if config.get("init_from", ""):
       self.check_init_from(config.init_from)
 
@@ -93,8 +95,9 @@ class Experiment:
     return self.stages[0].enter(self.trained_roles(source) if source else {})
 
   def check_init_from(self, workdir) -> pathlib.Path:
-    """Raises unless `workdir` holds a run of this config's models and data (see `trained_roles`)."""
-    workdir = pathlib.Path(workdir)
+    """Raises unless `workdir` holds a complete run of this config's models and data (see
+    `trained_roles`); sets `init_source` (its path, commit and the step this run starts from)."""
+    workdir = pathlib.Path(workdir).absolute()
     if not (workdir / provenance.CONFIG_FILE).is_file():
       raise FileNotFoundError(f"config.init_from={str(workdir)!r} holds no run ({provenance.CONFIG_FILE} missing)")
     changes = provenance.config_changes(workdir, self.config)
@@ -104,6 +107,7 @@ class Experiment:
     if differ:
       raise ConfigMismatch(f"config.init_from={str(workdir)!r} was trained with other models or data: "
                            + "; ".join(f"{k}: {changes[k][0]!r} there, {changes[k][1]!r} here" for k in differ))
+    self.init_source = _source_run(workdir, int(self.config.get("init_from_step", 0) or 0))
     return workdir
 
   def trained_roles(self, workdir) -> dict[str, Any]:
@@ -116,7 +120,10 @@ class Experiment:
     source = provenance.recorded_config(workdir, self.config)
     with source.unlocked():
       source.init_from = ""
-    state, _ = Experiment(source, mesh=self.mesh).restore(workdir)
+      if "allow_untrained_reward" in source:  # it was checked when the source itself ran
+        source.allow_untrained_reward = True
+    wanted = self.init_source["step"]
+    state, step = Experiment(source, mesh=self.mesh).restore(workdir, step=wanted)
     return {n: {"params": v["params"]} for n, v in state.items() if n in self.roles.specs and "params" in v}
 
   def abstract_state(self, step: int):
@@ -126,11 +133,14 @@ class Experiment:
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, stage.state_shardings())
 
-  def restore(self, workdir) -> tuple[Any, int]:
-    """(state, step) of the newest checkpoint of `workdir` that reads back whole, read only (an
-    evaluation or `init_from` never changes the run it reads)."""
+  def restore(self, workdir, *, step: int | None = None) -> tuple[Any, int]:
+    """(state, step) of the newest checkpoint of `workdir` that reads back whole (or of checkpoint
+    `step`), read only (an evaluation or `init_from` never changes the run it reads)."""
     with checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints") as ckpt:
-      found = ckpt.restore_newest_readable(self.abstract_state, set_aside=False)
+      if step is not None:
+        found = (*ckpt.restore(self.abstract_state(step), step=step), step)
+      else:
+        found = ckpt.restore_newest_readable(self.abstract_state, set_aside=False)
     if found is None:
       raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
     state, extra, step = found
@@ -166,7 +176,7 @@ class Experiment:
                            "checked against this one; use a new workdir, or put back the run's config file")
     changes = provenance.config_changes(workdir, self.config)
     # A key added to the configs after the run started, left at its empty default, changes nothing.
-    changes = {k: v for k, v in changes.items() if not (v[0] is None and v[1] in ("", None, []))}
+    changes = {k: v for k, v in changes.items() if not (v[0] is None and v[1] in ("", None, [], 0))}
     refused = {k: v for k, v in changes.items() if not provenance.allowed_change(k, allow_config_change)}
     if refused:
       listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in list(refused.items())[:8])
@@ -174,7 +184,36 @@ class Experiment:
       raise ConfigMismatch(
           f"{workdir} holds a run with another config: {listed}{more}; resume with the same config, use a new "
           f"workdir, or allow the change with --allow_config_change={','.join(list(refused)[:8])}")
+    if changes:
+      self._check_boundaries(workdir, changes)
     return changes
+
+  def _check_boundaries(self, workdir: pathlib.Path, changes) -> None:
+    """Refuses changes that move a stage boundary below the newest checkpoint (or the start of a
+    stage to it): the steps already trained, and the checkpoints that hold them, belong to the
+    stages as they were."""
+    newest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    try:
+      recorded = json.loads((workdir / provenance.PROVENANCE_FILE).read_text()).get("stages")
+    except (OSError, ValueError):
+      recorded = None
+    if not recorded:
+      return  # a run from before the stages were recorded: `_check_stage` still compares the stage name
+    was = {name: (start, end) for name, start, end in recorded}
+    now = {s.name: (s.start, s.end) for s in self.stages}
+    none = (None, None)
+    for name in list(was) + [n for n in now if n not in was]:
+      for i, what in enumerate(("start", "end")):
+        a, b = was.get(name, none)[i], now.get(name, none)[i]
+        first = min(x for x in (a, b) if x is not None)
+        # A stage's end may move where the checkpoint is (a finished run trained for longer).
+        if a != b and (first < newest or (first == newest and what == "start")):
+          keys = ", ".join(f"{k} {x!r} -> {y!r}" for k, (x, y) in changes.items())
+          places = [f"step {x}" if x is not None else "nowhere" for x in (a, b)]
+          raise ConfigMismatch(
+              f"the change ({keys}) moves the {what} of stage {name!r} from {places[0]} to {places[1]}, at or "
+              f"below the newest checkpoint (step {newest}) in {workdir}; steps already trained cannot change "
+              "stage: use a new workdir")
 
   # -- the loop ----------------------------------------------------------------------------
 
@@ -182,11 +221,19 @@ class Experiment:
     """Trains until the last step (or until `stop_at` steps are done, as a preempted job would).
 
     Resumes from the newest readable checkpoint of `workdir` (see `check_workdir` for a
-    changed config). A SIGINT or SIGTERM stops the run after the current step with a
-    checkpoint and raises `interrupts.Interrupted`.
+    changed config), holding the workdir's lock (`workdir_lock`) for the whole run. A SIGINT or
+    SIGTERM stops the run after the current step with a checkpoint and raises
+    `interrupts.Interrupted` (within seconds, with the last finished step's checkpoint, when a
+    host reward is still running). Any other error in the loop finishes the save in flight
+    and raises `RunFailed`, whose one-line message names the step, the stage and the newest
+    checkpoint; the original error is its `__cause__`.
     """
-    cfg = self.config
     workdir = provenance.prepare_workdir(workdir)
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+      return self._run(workdir, stop_at=stop_at, allow_config_change=allow_config_change)
+
+  def _run(self, workdir: pathlib.Path, *, stop_at, allow_config_change) -> dict[str, Any]:
+    cfg = self.config
     is_main = jax.process_index() == 0
     end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
     changes = self.check_workdir(workdir, allow_config_change)
@@ -197,7 +244,7 @@ class Experiment:
       provenance.write_config(workdir, cfg)
       if changes:
         provenance.record_config_changes(workdir, found[2] if found else 0, changes)
-      provenance.write_provenance(workdir, extra=self._provenance())
+      provenance.write_provenance(workdir, extra=self._provenance(), start_step=found[2] if found else 0)
     if found is None:
       start, state = 0, self.initial_state()
       logger.truncate_after(-1)
@@ -211,49 +258,75 @@ class Experiment:
     bar = tqdm.tqdm(range(start, end), initial=start, total=self.total_steps, disable=not is_main,
                     desc="train", dynamic_ncols=True)
     postfix: dict[str, float] = {}
-    position = {"step": start, "saved": found[2] if found else None}
+    # `state` holds the state of step `at` (None inside a step: half updated, nothing to save).
+    position = {"step": start, "saved": found[2] if found else None, "at": start}
 
     def where() -> str:
       saved = position["saved"]
       last = f"step {saved} in {workdir}/checkpoints" if saved is not None else "none yet"
       return f"during step {position['step'] + 1}; the last checkpoint: {last}"
 
+    def save(step: int, state) -> None:
+      ckpt.save(step, state, extra={"stage": self.stages[self.stage_index(step)].name}, force=True)
+      position["saved"] = step
+      if is_main:
+        provenance.end_segment(workdir, step)
+
     watch = peers.PeerWatch(cfg.get("multihost_timeout_s", 60), where)
-    with interrupts.StopRequests() as stops, watch, _peer_failures(watch):
-      for step in bar:
-        position["step"] = step
-        i = self.stage_index(step)
-        stage = self.stages[i]
-        state, metrics = stage.step(state, step)
-        done = step + 1
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        metrics["train/stage"] = float(i)
-        if done % cfg.log_every == 0 or done == self.total_steps:
-          logger.log(done, metrics)
-        if done == stage.end or (stage.eval_every and (done - stage.start) % stage.eval_every == 0):
-          evaluation = stage.evaluate(state, done)
-          logger.log(done, {**evaluation, "eval/stage": float(i)})
-          if done == stage.end:
-            stage.save_artifacts(state, workdir, done)
-          postfix.update({k.split("/")[-1]: v for k, v in evaluation.items() if "accuracy" in k})
-        if done == stage.end and i + 1 < len(self.stages):
-          state = self.stages[i + 1].enter(state)
-        signum = stops.requested()
-        if (done == stage.end or signum or done % cfg.checkpoint_every == 0 or done == self.total_steps):
-          ckpt.save(done, state, extra={"stage": self.stages[self.stage_index(done)].name}, force=True)
-          position["saved"] = done
-        if signum:
-          ckpt.close()
-          logger.close()
-          raise interrupts.Interrupted(signum, done, f"stopped by {signal.Signals(signum).name} after step {done}: "
-                                       f"checkpoint saved in {workdir}/checkpoints; run the same command to resume")
-        for key in ("loss/total", "loss/sft", "train/reward"):
-          if key in metrics:
-            postfix[key.split("/")[-1]] = metrics[key]
-        bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()})
-    ckpt.wait()
-    ckpt.close()
-    logger.close()
+    try:
+      with interrupts.StopRequests() as stops, watch, _peer_failures(watch):
+        for step in bar:
+          position.update(step=step, at=step)
+          i = self.stage_index(step)
+          stage = self.stages[i]
+          state, metrics = stage.step(state, step)
+          done = step + 1
+          position["at"] = None
+          metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          metrics["train/stage"] = float(i)
+          if done % cfg.log_every == 0 or done == self.total_steps:
+            logger.log(done, metrics)
+          if done == stage.end or (stage.eval_every and (done - stage.start) % stage.eval_every == 0):
+            evaluation = stage.evaluate(state, done)
+            logger.log(done, {**evaluation, "eval/stage": float(i)})
+            if done == stage.end:
+              stage.save_artifacts(state, workdir, done)
+            postfix.update({k.split("/")[-1]: v for k, v in evaluation.items() if "accuracy" in k})
+          if done == stage.end and i + 1 < len(self.stages):
+            state = self.stages[i + 1].enter(state)
+          signum = stops.requested()
+          if (done == stage.end or signum or done % cfg.checkpoint_every == 0 or done == self.total_steps):
+            save(done, state)
+          position["at"] = done
+          if signum:
+            raise interrupts.Interrupted(signum, done, f"stopped by {signal.Signals(signum).name} after step {done}: "
+                                         f"checkpoint saved in {workdir}/checkpoints; run the same command to resume")
+          for key in ("loss/total", "loss/sft", "train/reward"):
+            if key in metrics:
+              postfix[key.split("/")[-1]] = metrics[key]
+          bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()})
+    except interrupts.Interrupted:
+      _finish(ckpt, logger, bar)
+      raise
+    except interrupts.StepAbandoned as e:
+      at = position["at"]
+      if at is not None and position["saved"] != at:  # the state before the abandoned step
+        save(at, state)
+      _finish(ckpt, logger, bar)
+      saved = position["saved"]
+      kept = f"the checkpoint of step {saved} is in {workdir}/checkpoints" if saved is not None else "no checkpoint yet"
+      raise interrupts.Interrupted(e.signum, saved or 0, f"stopped by {signal.Signals(e.signum).name} during step "
+                                   f"{position['step'] + 1} ({e.what} was still running): {kept}; run the same "
+                                   "command to resume") from None
+    except Exception as e:
+      failed_save = _finish(ckpt, logger, bar)
+      saved = position["saved"]
+      last = f"step {saved} in {workdir}/checkpoints" if saved is not None else "none (the run restarts from step 0)"
+      stage = self.stages[self.stage_index(position["step"])].name
+      also = f" (and finishing the checkpoint failed: {failed_save})" if failed_save else ""
+      raise RunFailed(f"step {position['step'] + 1} (stage {stage!r}) failed: {_first_line(e)}{also}; "
+                      f"the last checkpoint: {last}") from e
+    _finish(ckpt, logger, bar)
     self.state = state
     return self.summarise(workdir)
 
@@ -262,6 +335,7 @@ class Experiment:
     return {
         "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
         "mesh": dict(self.mesh.shape), "stages": [[s.name, s.start, s.end] for s in self.stages],
+        **({"init_from": self.init_source} if self.init_source else {}),
         # What the open blocks resolved to: the objective's and estimator's full options.
         "objective": {"name": cfg.objective.name,
                       "options": registry.resolve_options(cfg.objective.name, cfg.objective.options)},
@@ -290,6 +364,27 @@ class Experiment:
       metrics_lib.plot_curves(workdir / "metrics.jsonl", workdir / "reward_curve.png",
                               title=f"{self.config.objective.name} on {self.config.task.name}", missing_ok=True)
     return {"rows": rows, "table": table}
+
+
+def _first_line(error: BaseException, limit: int = 400) -> str:
+  """`Type: first line of the message` of `error` itself (its causes stay in `__cause__`)."""
+  text = (str(error).strip().splitlines() or [""])[0]
+  text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _finish(ckpt: checkpoint_lib.Checkpointer, logger, bar) -> str | None:
+  """Finishes the checkpoint in flight and closes the run's files; the error of a save that
+  failed, as one line (None when it finished), so that a run ending on another error keeps it."""
+  bar.close()
+  logger.close()
+  if jax.process_count() > 1:
+    return None  # saves are synchronous there: nothing in flight, and closing would wait for the peers
+  try:
+    ckpt.close()
+  except Exception as e:  # noqa: BLE001  (reported beside the run's own error)
+    return checkpoint_lib.one_line(e)
+  return None
 
 
 @contextlib.contextmanager
@@ -329,6 +424,39 @@ def _free_for_init_from(key: str, config, source_roles=None) -> bool:
 
 class ConfigMismatch(ValueError):
   """The workdir holds a run that this config cannot resume as it stands."""
+
+
+class RunFailed(RuntimeError):
+  """An error inside the run loop; the message names the step, the stage and the last checkpoint."""
+
+
+def _source_run(workdir: pathlib.Path, accept_step: int) -> dict[str, Any]:
+  """Path, commit and step of the run of `config.init_from`; raises unless that run is complete
+  (every step of its stages) or `accept_step` names one of its checkpoints."""
+  folder = workdir / "checkpoints"
+  steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+  if not steps:
+    raise FileNotFoundError(f"config.init_from={str(workdir)!r} holds no checkpoint")
+  try:
+    record = json.loads((workdir / provenance.PROVENANCE_FILE).read_text())
+  except (OSError, ValueError):
+    record = {}
+  stages = record.get("stages") or []
+  if accept_step:
+    if accept_step not in steps:
+      raise ValueError(f"config.init_from_step={accept_step}: {workdir} has no checkpoint of that step; "
+                       f"its checkpoints: {steps}")
+    step = accept_step
+  else:
+    step = steps[-1]
+    if stages and step < stages[-1][2]:
+      stage = next((name for name, a, b in stages if a <= step < b), "?")
+      raise ValueError(f"config.init_from={str(workdir)!r} stopped at step {step} of {stages[-1][2]} (in stage "
+                       f"{stage!r}); finish it (run its command again), or start from that step with "
+                       f"config.init_from_step={step}")
+  git = record.get("git") or {}
+  return {"path": str(workdir), "step": step, "commit": git.get("commit"), "dirty": git.get("dirty"),
+          "segments": record.get("segments") or []}
 
 
 def check_config(config) -> None:

@@ -29,6 +29,24 @@ class Interrupted(Exception):
     self.exit_code = 128 + signum
 
 
+class StepAbandoned(Exception):
+  """A wait inside a step gave up on a stop request (a host reward still running when Ctrl-C or
+  SIGTERM came): the step is not done, and the run stops with the state before it."""
+
+  def __init__(self, signum: int, what: str):
+    super().__init__(f"{signal.Signals(signum).name} while waiting for {what}")
+    self.signum, self.what = signum, what
+
+
+_ACTIVE: list["StopRequests"] = []  # the StopRequests of the running loop (innermost last)
+
+
+def pending() -> int | None:
+  """This process's pending stop request (its signal number), or None: for code that waits
+  inside a step (a host reward) and must not outlast a Ctrl-C."""
+  return _ACTIVE[-1].signum if _ACTIVE else None
+
+
 class StopRequests:
   """Context manager that turns SIGINT / SIGTERM into a request the loop checks each step."""
 
@@ -40,12 +58,15 @@ class StopRequests:
     if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
       for s in SIGNALS:
         self._previous[s] = signal.signal(s, self._handle)
+    _ACTIVE.append(self)
     return self
 
   def __exit__(self, *exc_info) -> None:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
     self._previous = {}
+    if self in _ACTIVE:
+      _ACTIVE.remove(self)
 
   def _handle(self, signum, frame) -> None:
     del frame
@@ -53,8 +74,9 @@ class StopRequests:
       raise KeyboardInterrupt  # the second Ctrl-C: abort now
     if self.signum is None:
       self.signum = signum
-      print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-            "(Ctrl-C again aborts at once)", file=sys.stderr, flush=True)
+      again = " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else ""
+      print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint{again}",
+            file=sys.stderr, flush=True)
 
   def requested(self) -> int | None:
     """The signal number if any process was asked to stop (every process gets the same answer)."""

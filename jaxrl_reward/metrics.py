@@ -154,7 +154,7 @@ class MetricsLogger:
     if self._use_tensorboard:
       writer = self._tensorboard()
       for key, value in record.items():
-        if key != "step":
+        if key != "step" and math.isfinite(value):  # NaN / inf are named in metrics.jsonl's line
           writer.add_scalar(key, value, global_step=step)
       writer.flush()
 

@@ -239,10 +239,42 @@ def collect_provenance(extra: Mapping[str, Any] | None = None) -> dict:
   return provenance
 
 
-def write_provenance(workdir: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> pathlib.Path:
-  """Writes `<workdir>/provenance.json` (see `collect_provenance`); returns its path."""
-  return _write_json(pathlib.Path(workdir) / PROVENANCE_FILE, collect_provenance(extra))
+def _read_provenance(workdir: str | os.PathLike) -> dict:
+  try:
+    record = json.loads((pathlib.Path(workdir) / PROVENANCE_FILE).read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    return {}
+  return record if isinstance(record, dict) else {}
+
+
+def write_provenance(workdir: str | os.PathLike, extra: Mapping[str, Any] | None = None, *,
+                     start_step: int = 0) -> pathlib.Path:
+  """Writes `<workdir>/provenance.json` (see `collect_provenance`); returns its path.
+
+  The file keeps one entry per run segment in `segments` (`{"commit", "dirty", "start_step",
+  "end_step", "time_utc"}`): a run resumed at `start_step` adds a segment to those of the
+  earlier ones (`end_segment` moves its end as it saves), so the code that trained each step
+  stays known after a resume; the top-level `git` is the newest segment's.
+  """
+  earlier = _read_provenance(workdir)
+  segments = list(earlier.get("segments") or [])
+  if not segments and earlier.get("git") is not None:  # a file from before segments were kept
+    segments = [{**earlier["git"], "start_step": None, "end_step": None, "time_utc": earlier.get("time_utc")}]
+  record = collect_provenance(extra)
+  git = record.get("git") or {}
+  record["segments"] = segments + [{"commit": git.get("commit"), "dirty": git.get("dirty"),
+                                    "start_step": int(start_step), "end_step": int(start_step),
+                                    "time_utc": record["time_utc"]}]
+  return _write_json(pathlib.Path(workdir) / PROVENANCE_FILE, record)
+
+
+def end_segment(workdir: str | os.PathLike, step: int) -> None:
+  """Records that the newest segment of `<workdir>/provenance.json` trained up to `step`."""
+  record = _read_provenance(workdir)
+  if record.get("segments"):
+    record["segments"][-1]["end_step"] = int(step)
+    _write_json(pathlib.Path(workdir) / PROVENANCE_FILE, record)
 
 
 __all__ = ["prepare_workdir", "config_to_dict", "write_config", "git_info", "package_versions",
-           "collect_provenance", "write_provenance", "read_recorded", "CONFIG_FILE", "PROVENANCE_FILE", "PACKAGES"]
+           "collect_provenance", "write_provenance", "end_segment", "read_recorded", "CONFIG_FILE", "PROVENANCE_FILE", "PACKAGES"]

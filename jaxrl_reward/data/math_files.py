@@ -27,6 +27,13 @@ A file that cannot give examples is a one-line error naming it: FileNotFoundErro
 does not exist (or is a directory), ValueError when it is empty, has no rows, is not UTF-8
 (the byte and its offset), is not valid JSON / parquet, or lacks a field.
 
+A task (`build_math_file_task`) with `max_prompt_length` in its config checks every row it uses
+at start-up: a prompt longer than that many tokens is a one-line ValueError naming the file, the
+row and the length against the limit (as is a train row whose prompt, worked solution and EOS
+exceed `max_prompt_length + max_completion_length`, the warm-up's sequence length, on the first
+call of `sft_targets`, which a warm-up stage makes at start-up), instead of a failure inside a
+training step.
+
 Splits are deterministic in `split_seed`: `num_eval` rows chosen by
 `default_rng(split_seed).permutation`, both splits in file order. `shard_examples` gives
 process `i` of `n` the disjoint, reproducible slice `examples[i::n]` (cut to the same
@@ -236,18 +243,23 @@ def load_math_examples(
       source=repr(str(path)))
 
 
+def split_rows(count: int, *, num_eval: int, seed: int) -> tuple[list[int], list[int]]:
+  """Deterministic `(train rows, eval rows)` of `count` rows: `num_eval` drawn by `default_rng(seed)`,
+  both in order, disjoint and together every row."""
+  if not 0 <= num_eval <= count:
+    raise ValueError(f"need 0 <= num_eval <= {count} (the number of examples), got num_eval={num_eval}")
+  held_out = np.zeros(count, dtype=bool)
+  held_out[np.random.default_rng(seed).permutation(count)[:num_eval]] = True
+  return np.flatnonzero(~held_out).tolist(), np.flatnonzero(held_out).tolist()
+
+
 def split_examples(examples: Sequence[Example], *, num_eval: int, seed: int) -> tuple[list[Example], list[Example]]:
   """Deterministic `(train, eval)`: eval is `num_eval` rows drawn by `default_rng(seed)`.
 
   Both splits keep the input order; they are disjoint and together hold every example.
   """
-  if not 0 <= num_eval <= len(examples):
-    raise ValueError(f"need 0 <= num_eval <= {len(examples)} (the number of examples), got num_eval={num_eval}")
-  held_out = np.zeros(len(examples), dtype=bool)
-  held_out[np.random.default_rng(seed).permutation(len(examples))[:num_eval]] = True
-  train = [dict(ex) for ex, is_eval in zip(examples, held_out, strict=True) if not is_eval]
-  evaluation = [dict(ex) for ex, is_eval in zip(examples, held_out, strict=True) if is_eval]
-  return train, evaluation
+  train, evaluation = split_rows(len(examples), num_eval=num_eval, seed=seed)
+  return [dict(examples[i]) for i in train], [dict(examples[i]) for i in evaluation]
 
 
 def shard_examples(
@@ -361,6 +373,41 @@ def math_sft_target(example: Example) -> str:
   return example.get("solution") or f"{ANSWER_MARKER} {example['answer']}"
 
 
+def _too_long(tokenizer, prompts: Sequence[str], targets: Sequence[str] | None, limit: int) -> list[tuple[int, int]]:
+  """(index, tokens) of each row over `limit` tokens as `batching` lays it out: the prompt with the
+  tokenizer's special tokens, then (with `targets`) the target and EOS. A token holds at least one
+  byte (SentencePiece adds a word start to each text), so rows with fewer bytes are not tokenized."""
+  special = len(tokenizer("", add_special_tokens=True)["input_ids"])
+
+  def bound(i):
+    n = len(prompts[i].encode("utf-8")) + 1 + special
+    return n if targets is None else n + len(targets[i].encode("utf-8")) + 2
+
+  maybe = [i for i in range(len(prompts)) if bound(i) > limit]
+  if not maybe:
+    return []
+  counts = [len(ids) for ids in tokenizer([prompts[i] for i in maybe], add_special_tokens=True)["input_ids"]]
+  if targets is not None:
+    target_ids = tokenizer([targets[i] for i in maybe], add_special_tokens=False)["input_ids"]
+    counts = [n + len(ids) + 1 for n, ids in zip(counts, target_ids)]
+  return [(i, n) for i, n in zip(maybe, counts) if n > limit]
+
+
+def check_lengths(examples: Sequence[Example], rows: Sequence[int], source: str, tokenizer, *, limit: int,
+                  named: str, warmup: bool = False) -> None:
+  """Raises naming `source`, the longest row over `limit` tokens (`rows[i]`: the file row of
+  `examples[i]`) and the limit as `named` (its config keys and value): the prompt alone, or with
+  `warmup` the prompt, warm-up target (`math_sft_target`) and EOS."""
+  targets = [math_sft_target(e) for e in examples] if warmup else None
+  over = _too_long(tokenizer, [e["prompt"] for e in examples], targets, limit)
+  if over:
+    i, n = max(over, key=lambda item: item[1])
+    what = "its prompt, worked solution and EOS take" if warmup else "its prompt takes"
+    others = f" ({len(over)} rows are over it)" if len(over) > 1 else ""
+    raise ValueError(f"row {rows[i]} of {source!r}: {what} {n} tokens, more than {named}{others}; "
+                     "raise the limit or drop the row")
+
+
 def _config_value(task_config, key: str, default: Any = None) -> Any:
   value = getattr(task_config, key, default)
   return default if value is None else value
@@ -378,6 +425,8 @@ def build_math_file_task(task_config, seed: int, *, tokenizer=None):
     question_field, answer_field, answer_format: see `load_math_file` (defaults: GSM8K).
     prompt_template: optional, `str.format`-ed with `question=`; default `"{question}"`.
     tokenizer_dir: a local Hugging Face tokenizer directory, used when `tokenizer` is None.
+    max_prompt_length, max_completion_length: optional; every row used is checked against
+      them (see the module docstring).
 
   Every process loads the full splits; `batching.batch_indices` shards the batches.
 
@@ -403,23 +452,42 @@ def build_math_file_task(task_config, seed: int, *, tokenizer=None):
   if not _config_value(task_config, "train_file"):
     raise ValueError(f"task.train_file is not set (got {getattr(task_config, 'train_file', None)!r}); "
                      f"expected a local {' / '.join(SUPPORTED_EXTENSIONS)} file")
-  eval_file = _config_value(task_config, "eval_file")
+  template = _config_value(task_config, "prompt_template", "{question}")
+
+  def load(path):
+    examples = load_math_examples(path, **fields)
+    for example in examples:
+      example["prompt"] = template.format(question=example["prompt"])
+    return examples
+
+  train_file, eval_file = str(task_config.train_file), _config_value(task_config, "eval_file")
+  examples = load(train_file)
   if eval_file:
-    train = load_math_examples(task_config.train_file, **fields)
-    held_out = load_math_examples(eval_file, **fields)
+    train_rows = list(range(len(examples)))
+    held_out = load(eval_file)
     num_eval = int(_config_value(task_config, "num_eval", 0))
     if num_eval < 0:
       raise ValueError(f"task.num_eval must be >= 0, got {num_eval}")
-    held_out = held_out[:num_eval or len(held_out)]
+    eval_source, eval_rows = str(eval_file), list(range(min(num_eval or len(held_out), len(held_out))))
   else:
-    train, held_out = load_math_file(task_config.train_file, split_seed=seed,
-                                     num_eval=_config_value(task_config, "num_eval", 0), **fields)
-  template = _config_value(task_config, "prompt_template", "{question}")
-  for example in train + held_out:
-    example["prompt"] = template.format(question=example["prompt"])
+    train_rows, eval_rows = split_rows(len(examples), num_eval=_config_value(task_config, "num_eval", 0), seed=seed)
+    eval_source, held_out = train_file, examples
+  train, held_out = [examples[i] for i in train_rows], [held_out[i] for i in eval_rows]
+  prompt_limit = _config_value(task_config, "max_prompt_length")
+  if prompt_limit is not None:  # every prompt is sampled from (train) or evaluated (held out)
+    for rows, source, split in ((train_rows, train_file, train), (eval_rows, eval_source, held_out)):
+      check_lengths(split, rows, source, tokenizer, limit=int(prompt_limit),
+                    named=f"task.max_prompt_length={int(prompt_limit)}")
+  checked = prompt_limit is None or _config_value(task_config, "max_completion_length") is None
 
   def sft_targets(examples: list[dict], step: int) -> list[str]:
+    nonlocal checked
     del step
+    if not checked:  # once, on the warm-up's first call: only the warm-up reads the worked solutions
+      limit = int(prompt_limit) + int(task_config.max_completion_length)
+      check_lengths(train, train_rows, train_file, tokenizer, warmup=True, limit=limit,
+                    named=f"task.max_prompt_length + task.max_completion_length = {limit} (the warm-up's length)")
+      checked = True
     return [math_sft_target(e) for e in examples]
 
   return task_lib.Task(tokenizer, train, held_out, sft_targets)

@@ -208,6 +208,23 @@ def prepare(rollout: Rollout, *, policy, task, columns: dict[str, Sequence[Any]]
   return rollout.update(**arrays), {"train/rewards/likelihood/marker_frac": marker_frac}
 
 
+def check_answer_lengths(options: dict[str, Any], task) -> None:
+  """Raises, naming the row, when a training example's reference answer takes more tokens than
+  max_answer_tokens: `prepare` would fail on it only when a batch first draws it. (Held-out
+  answers are not bound by it: `evaluation.answer_splice_options` sizes their own width.)"""
+  answers = _answers({k: [e.get(k) for e in task.train] for k in task.train[0]}, options["answer_column"])
+  unique = list(dict.fromkeys(answers))  # answers repeat: tokenize each once
+  ids = answer_tokens(task.tokenizer, unique, task.answer_format, eos=options["append_eos"])
+  lengths = dict(zip(unique, map(len, ids)))
+  row = max(range(len(answers)), key=lambda i: lengths[answers[i]])
+  longest, limit = lengths[answers[row]], int(options["max_answer_tokens"])
+  if longest > limit:
+    eos = " (EOS included)" if options["append_eos"] else ""
+    raise ValueError(f"the reference answer of training example {row} ({answers[row][:80]!r}) takes {longest} "
+                     f"tokens{eos}, more than rewards.options.likelihood.max_answer_tokens={limit}; raise it to at "
+                     f"least {longest}")
+
+
 def layout(options: dict[str, Any], task) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
   """Columns and extras that `prepare` adds (for the start-up traces), after checking the
   options and that the task has an answer marker and reference answers."""
@@ -219,7 +236,7 @@ def layout(options: dict[str, Any], task) -> tuple[int, tuple[str, ...], tuple[s
   if task.answer_format is None:
     raise ValueError("the likelihood reward needs a task with an answer marker (Task.answer_format); "
                      "this task has none")
-  _answers({k: [e.get(k) for e in task.train[:64]] for k in task.train[0]}, options["answer_column"])
+  check_answer_lengths(options, task)
   # (The no-reasoning rows of "rlpr" are read by the reward only, not by any loss.)
   per_step = ("token_mask", "answer_mask")
   per_row = ("has_marker", "completion_length", "completion_ended")

@@ -69,10 +69,26 @@ def _settings(config):
   return objective, options, estimator, estimator_options, old_logp
 
 
+def _check_config(config) -> None:
+  _settings(config)
+  # The image roles (reward model, guard) start random and only the pre-training stage trains
+  # them: fine-tuning against random ones runs to the end and means nothing.
+  image_roles = [n for n, r in (config.get("roles") or {}).items() if r.get("kind") == "image"]
+  order = tuple(config.stages)
+  before = "pretrain" in order[:order.index("rl")]
+  if image_roles and not (before and int(config.pretrain.steps) > 0) and not config.get("init_from", "") \
+      and not config.get("allow_untrained_reward", False):
+    why = (f"config.pretrain.steps={int(config.pretrain.steps)}" if before
+           else f"config.stages={order!r} has no 'pretrain' stage before 'rl'")
+    raise ValueError(f"{why} and config.init_from is empty: the image models {', '.join(image_roles)} "
+                     "(the reward model and guard of config.roles) would be untrained; pretrain them, set "
+                     "config.init_from to a pre-trained run, or set config.allow_untrained_reward=True")
+
+
 class DiffusionRL(stages.Stage):
   name = "rl"
   evaluates_initial_policy = True  # a run that starts here (config.init_from) measures its start
-  check_config = staticmethod(_settings)
+  check_config = staticmethod(_check_config)
 
   def __init__(self, context: stages.Context, start: int):
     super().__init__(context, start)
