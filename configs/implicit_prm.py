@@ -22,10 +22,26 @@ terms, worked one operation per line before the `<answer>` tag (`smollm2_chain_t
 0.7 are right), one GPU: 200 reward-model steps of 32 problems x 8 samples; `smollm2_cpu`: 2 steps
 of 2 x 4 on 2 CPU cores. `experiments/prm_best_of_n.py` evaluates either (localisation included:
 the task writes worked and flawed chains).
+control (and control_tiny): the positive control (issue 23): the chain_sums setting, but the
+reward-model stage trains on balanced (worked, flawed) solution pairs of the training problems
+(`Task.solution_pair`, labels known, 50/50; `reward_model.data="solution_pairs"`, one pair per
+problem, 32 problems a step) instead of on the policy's samples with outcome labels; its
+evaluation is the held-out pair accuracy (`eval/pair_accuracy`: worked scored above flawed), and
+`experiments/prm_best_of_n.py` gives step-error localisation and Best-of-N on the policy's samples.
+`control`, `control,dpo` and `control,orm` are the CE, DPO and outcome-RM controls; a scorer that
+fails it has a pipeline bug, not a hard task. Warm-up as chain_sums (`init_from` its warm-up run):
+
+    python -m experiments.train --config=configs/implicit_prm.py:control --workdir=/tmp/prm_control \
+        --config.stages='("reward_model",)' --config.init_from=/tmp/implicit_prm_chain_sums_warmup
+
+`--config.reward_model.data=solution_pairs` does the same for any variant, and
+`--config.objective.options.label_balance=True` weights the two classes of the CE loss equally
+(`objectives.implicit_prm.class_weights`; off by default).
 Modifiers, after a comma (`chain_sums,dpo`): `dpo` and `kto` select those losses; `orm` trains
 an outcome reward model instead (the paper's baseline: the policy's backbone with a scalar head,
 role `orm` of kind "value", binary cross-entropy on the label at the last token,
-`objectives/outcome_rm.py`).
+`objectives/outcome_rm.py`). One variant at most, first, and one modifier at most (each picks the
+loss); a name twice is an error.
 """
 from ml_collections import config_dict
 
@@ -34,7 +50,7 @@ from configs import grpo_smollm2
 from configs import variants
 
 
-VARIANTS = ("tiny", "chain_sums", "chain_sums_tiny", "smollm2", "smollm2_cpu")
+VARIANTS = ("tiny", "chain_sums", "chain_sums_tiny", "control", "control_tiny", "smollm2", "smollm2_cpu")
 SMOLLM2_SYSTEM_PROMPT = ("You are a careful calculator. Work left to right, one operation per line, then give the "
                          "result between <answer> and </answer> tags.")
 SMOLLM2_CHAT_EXAMPLES = (
@@ -71,7 +87,7 @@ def smollm2_chain_task(cpu: bool) -> config_dict.ConfigDict:
 
 
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
-  base, modifiers = variants.split(variant, "configs/implicit_prm.py", VARIANTS, MODIFIERS)
+  base, modifiers = variants.split(variant, "configs/implicit_prm.py", VARIANTS, MODIFIERS, exclusive=(MODIFIERS,))
   c = _base(base or None)
   for name in modifiers:
     if name == "orm":
@@ -100,6 +116,7 @@ def _base(variant: str | None) -> config_dict.ConfigDict:
   c.reward_model.role = "prm"
   c.reward_model.steps = 100
   c.reward_model.eval_every = 50
+  c.reward_model.data = "samples"  # or "solution_pairs": the positive control (see `control`)
   if variant in (None, ""):
     c.task.num_eval = 64
   elif variant == "tiny":
@@ -117,6 +134,18 @@ def _base(variant: str | None) -> config_dict.ConfigDict:
     c.task.num_train, c.task.num_eval = 512, 8
     c.reward_model.steps = 3
     c.reward_model.eval_every = 0
+  elif variant in ("control", "control_tiny"):
+    chain_sums_task(c)
+    c.reward_model.data = "solution_pairs"
+    c.rollout.prompts_per_step, c.rollout.group_size = 32, 2  # one (worked, flawed) pair of 32 problems a step
+    if variant == "control":
+      c.warmup.steps = 600  # chain_sums' warm-up: its policy's samples are the Best-of-N candidates
+      c.task.num_eval = 64
+    else:
+      c.model.name = "micro"
+      c.task.num_train, c.task.num_eval = 512, 32
+      c.reward_model.steps = 3
+      c.reward_model.eval_every = 0
   elif variant in ("smollm2", "smollm2_cpu"):
     c.stages = ("reward_model",)  # the pretrained instruct model is the policy: no warm-up
     c.roles.prm.lr = 1e-6  # PRIME's PRM learning rate for 7B models; the mini model's 1e-4 drifts

@@ -6,12 +6,19 @@ scores them with the verifier (outcome rewards) and with the `prm` role (an impl
 initialised from the warmed-up policy, whose reference is that policy: per-token rewards
 beta log pi_prm / pi_ref, the `implicit_prm` in-jit reward), drops the groups whose accuracy is
 outside [0.2, 0.8] (`rewards.accuracy_filter`), updates the PRM with the cross-entropy loss on
-the outcomes, builds advantages with leave-one-out baselines per source (`advantage.estimator =
-"prime"`: 5 x process + 5 x outcome, whitened) and updates the policy with the clipped loss.
+the outcomes, normalises the PRM's token scores over the batch as PRIME's reward-model worker does
+(`advantage.options.process_norm = "batch_norm"`, `objectives.prime.prime_norm`: scores / (max
+|reverse cumulative sum| + 1e-6); the estimator's registry default is "none"), builds advantages
+with leave-one-out baselines per source (`advantage.estimator = "prime"`: 5 x process + 5 x
+outcome, whitened) and updates the policy with the clipped loss. Each RL batch logs the PRM's
+online pair accuracy (`stats/prm_pair_accuracy`, before its update on the batch).
 
-The PRM scores a batch before it is updated on that batch (PRIME's `update="after"`, one
-forward pass); modifier `update_first` (`roles.prm.score_after_update=True`) updates the PRM on the
-batch first and scores it again with the updated PRM (PRIME's default `update="before"`).
+Scoring order. PRIME's recipe defaults to `update: before` ("``before`` for double-forward,
+``after`` for single-forward", verl `recipe/prime/config/prime_trainer.yaml`): the PRM is updated
+on the batch first and the batch is then scored with the updated PRM. This config's default is the
+other order, PRIME's `update="after"` (one forward pass: the PRM scores the batch before it is
+updated on it); modifier `update_first` (`roles.prm.score_after_update=True`) gives PRIME's
+default `update="before"`.
 
     python -m experiments.train --config=configs/prime.py --workdir=/tmp/prime
 
@@ -21,7 +28,8 @@ per line (`configs/implicit_prm.py`'s `smollm2_chain_task`; no warm-up, PRM lr 1
 of 32 problems x 8 samples), and smollm2_cpu its 2-step smoke run on 2 CPU cores. Modifier `rloo`
 (after a comma: `tiny,rloo`): the outcome-only baseline, the same run without the PRM (RLOO
 advantages of the verifier's reward, the same accuracy filter), i.e. equal samples; `update_first`
-(`tiny,update_first`): PRIME's update-before order (above).
+(`tiny,update_first`): PRIME's update-before order (above). One variant at most, first; `rloo` and
+`update_first` conflict (`rloo` has no PRM to update first); a name twice is an error.
 """
 from ml_collections import config_dict
 
@@ -36,7 +44,7 @@ SMOLLM2_PRM_LR = 1e-6
 
 
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
-  base, modifiers = variants.split(variant, "configs/prime.py", VARIANTS, MODIFIERS)
+  base, modifiers = variants.split(variant, "configs/prime.py", VARIANTS, MODIFIERS, exclusive=(MODIFIERS,))
   smollm2 = base.startswith("smollm2")
   c = implicit_prm.get_config(base if smollm2 else "chain_sums_tiny" if base == "tiny" else "chain_sums")
   c.stages = ("rl",) if smollm2 else ("sft", "rl")
@@ -52,7 +60,7 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.rewards.options = config_dict.ConfigDict(dict(implicit_prm=dict(beta=PRM_BETA)))
   c.rewards.accuracy_filter = (0.2, 0.8)
   c.advantage.estimator = "prime"
-  c.advantage.options = config_dict.ConfigDict(dict(process_coef=5.0, outcome_coef=5.0))
+  c.advantage.options = config_dict.ConfigDict(dict(process_coef=5.0, outcome_coef=5.0, process_norm="batch_norm"))
   c.train.steps = {"": 100, "smollm2": 200}.get(base, 4)
   c.eval.every = {"": 25, "smollm2": 50}.get(base, 2)
   if base == "smollm2_cpu":

@@ -5,9 +5,16 @@ from the verifier's outcome labels of the policy's samples (the reward-model sta
 `configs/implicit_prm.py:chain_sums`, with its own objective `reward_model.objective`), then RL in
 which that PRM is frozen and its per-token rewards beta log pi_prm / pi_ref are the reward. Credit:
 
-- min-form (default; `advantage.estimator = "pure_min_form"`): the return of a token is a soft
-  minimum of the process rewards that follow (softmax weights at temperature 0.1), PURE's remedy
-  for reward hacking;
+- min-form (default; `advantage.estimator = "pure"`, as PURE's code): the PRM's token rewards are
+  summed into step rewards at the step ends (`Task.step_ends`, carried into the rollout as a
+  step-end mask; the last step ends at the last token), each step reward is weighted by
+  softmax(-r / T) over the completion's steps (a soft minimum, PURE's remedy for reward hacking),
+  PURE's token baseline is subtracted, the verifier's RLOO reward is added at the end and a KL
+  penalty of 1e-3 (PURE's `--init_kl_coef 0.001`, k1 in the reward) on every token. T is 0.1 x
+  the std of the batch's step rewards (`temperature_scale="batch_std"`): PURE's T = 0.1 is for
+  rewards in [-1, 1], while the implicit PRM's rewards are about 1e-3, where an absolute 0.1 makes
+  the weights uniform (mean-form). `stats/min_form_weight_entropy` (1.0 = uniform) shows whether
+  the transform is in effect;
 - sum-form (modifier `sum`; the `prime` estimator on the process rewards, leave-one-out baselines,
   gamma 1): the return is the sum of the process rewards that follow, the usual credit.
 
@@ -22,6 +29,8 @@ Variants: (none) the chain-sums run on 2 CPU cores; tiny: seconds, for tests; sm
 real-model variant for one GPU, SmolLM2-135M-Instruct on reasoning-gym chains worked one operation
 per line (`configs/implicit_prm.py`'s `smollm2_chain_task`; no warm-up, 200 PRM steps then 200 RL
 steps of 32 problems x 8 samples), and smollm2_cpu its smoke run (2 + 2 steps) on 2 CPU cores.
+One variant at most, first; the modifiers `sum` and `verified` combine (they set different keys); a
+name twice is an error.
 """
 from ml_collections import config_dict
 
@@ -33,6 +42,7 @@ MODIFIERS = ("sum", "verified")
 PRM_BETA = 0.05
 PRM_LR = 1e-5  # as the implicit_prm reproduction's PRMs
 VERIFIED_FRACTION = 0.1
+KL_COEF = 1e-3  # PURE's train_pure.sh: --init_kl_coef 0.001 (KL in the reward, OpenRLHF)
 
 
 def get_config(variant: str | None = None) -> config_dict.ConfigDict:
@@ -49,8 +59,9 @@ def get_config(variant: str | None = None) -> config_dict.ConfigDict:
   c.objective.options = config_dict.ConfigDict()
   c.rewards.names, c.rewards.weights = ("implicit_prm",), (1.0,)
   c.rewards.options = config_dict.ConfigDict(dict(implicit_prm=dict(beta=PRM_BETA)))
-  c.advantage.estimator = "pure_min_form"
-  c.advantage.options = config_dict.ConfigDict(dict(temperature=0.1, outcome_coef=1.0))
+  c.advantage.estimator = "pure"
+  c.advantage.options = config_dict.ConfigDict(dict(temperature=0.1, temperature_scale="batch_std", outcome_coef=1.0,
+                                                    kl_coef=KL_COEF, baseline="token"))
   c.train.steps = {"": 100, "smollm2": 200}.get(base, 2)
   c.eval.every = {"": 25, "smollm2": 50}.get(base, 2)
   for name in modifiers:

@@ -305,6 +305,64 @@ def random_choice(correct, n: int = 1) -> float:
   return float(np.mean(c))
 
 
+def best_of_n_subset(scores, correct, keep, n: int) -> dict[str, float]:
+  """Best-of-n among the kept samples of each problem only (e.g. the well-formed ones: a
+  length-controlled Best-of-N), with the baselines on the same samples.
+
+  Problem p keeps M_p = sum_m keep[p, m] of its M samples; Best-of-n_p draws n_p = min(n, M_p) of
+  them (`best_of_n` on that row alone, exact). Problems with no kept sample are left out of every
+  mean (their number is returned), so the baselines below are over the same problems and samples.
+
+  Args:
+    scores: `[P, M]` solution scores (NaN only where not kept).
+    correct: `[P, M]` 0/1 outcome labels.
+    keep: `[P, M]` bool, the samples taken into account.
+    n: 1 <= n <= M.
+
+  Returns:
+    {"best_of_n": mean over kept problems of Best-of-n_p, "random": mean correctness of the kept
+     samples per problem (averaged over problems), "pass_at_n": pass@n_p likewise,
+     "num_problems": problems with a kept sample, "frac_kept": kept samples / all samples}; the
+     three accuracies are NaN when no problem keeps a sample.
+  """
+  s = _as_2d("scores", scores, "[P, M] (problems x samples)", np.float64)
+  c = _check_correct(correct, s.shape, binary=True)
+  k = np.asarray(keep)
+  if k.shape != s.shape or k.dtype != bool:
+    raise ValueError(f"keep must be a bool array of the shape of scores {s.shape}, got {k.dtype} {k.shape}")
+  n = _check_n(n, s.shape[1])
+  if np.any(np.isnan(s) & k):
+    raise ValueError("scores holds NaN on a kept sample")
+  best, rand, oracle = [], [], []
+  for row_s, row_c, row_k in zip(s, c, k):
+    if not row_k.any():
+      continue
+    rs, rc = row_s[row_k][None], row_c[row_k][None]
+    n_p = min(n, rs.shape[1])
+    best.append(best_of_n(rs, rc, n_p))
+    rand.append(float(rc.mean()))
+    oracle.append(pass_at_n(rc, n_p))
+  mean = lambda x: float(np.mean(x)) if x else float("nan")  # noqa: E731
+  return {"best_of_n": mean(best), "random": mean(rand), "pass_at_n": mean(oracle), "num_problems": len(best),
+          "frac_kept": float(k.mean())}
+
+
+def pearson(x, y) -> float:
+  """Pearson correlation of two `[N]` arrays (any shape, flattened) over the entries where both are
+  finite (a solution without steps scores -inf under `aggregate_steps`: left out); NaN when fewer
+  than two entries remain or either is constant there (e.g. an untrained implicit PRM, whose
+  scores are all 0)."""
+  x, y = np.asarray(x, np.float64).reshape(-1), np.asarray(y, np.float64).reshape(-1)
+  if x.shape != y.shape:
+    raise ValueError(f"pearson needs two arrays of one size, got {x.size} and {y.size} entries")
+  kept = np.isfinite(x) & np.isfinite(y)
+  if kept.sum() < 2:
+    return float("nan")
+  dx, dy = x[kept] - x[kept].mean(), y[kept] - y[kept].mean()
+  den = np.sqrt(np.sum(dx * dx) * np.sum(dy * dy))
+  return float(np.sum(dx * dy) / den) if den > 0 else float("nan")
+
+
 # ----------------------------------------------------------------------------- majority vote
 
 

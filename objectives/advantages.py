@@ -541,18 +541,60 @@ def min_form_rewards(step_rewards: Array, mask: Array, *, temperature: float = 0
   Returns:
     [B, T] transformed rewards (0 where masked; all 0 on fully masked rows).
   """
-  if not temperature > 0:
+  step_rewards = _float(step_rewards, "step_rewards")
+  w = min_form_weights(step_rewards, mask, temperature=temperature)
+  return w * checks.fill_masked(step_rewards, w > 0)
+
+
+def min_form_weights(step_rewards: Array, mask: Array, *, temperature=0.1) -> Array:
+  """PURE's min-form weights w_k = softmax over the row's steps of (-r_k / temperature).
+
+  Cheng et al., arXiv 2504.15275 (code: `openrlhf/utils/utils.py::turn_process_reward_logits_to_reward`).
+
+  Args:
+    step_rewards: [B, T] rewards at the step positions (ignored where `mask` is 0).
+    mask: [B, T], 1 at the steps (the step ends for PURE).
+    temperature: T > 0, a Python number, or an array broadcasting against [B, T] (e.g. a
+      scalar scaled to the batch's reward spread).
+
+  Returns:
+    [B, T] weights: on each row with a step they are > 0 on its steps and sum to 1; 0 elsewhere
+    (all 0 on rows without a step).
+  """
+  if isinstance(temperature, (int, float)) and not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
   step_rewards = _float(step_rewards, "step_rewards")
   _rank(step_rewards, (2,), "step_rewards", "[B, T]")
   mask = _mask(mask, step_rewards.shape, step_rewards.dtype)
   step_rewards = checks.fill_masked(step_rewards, mask)
-  logits = jnp.where(mask > 0, -step_rewards / temperature, -jnp.inf)
+  logits = jnp.where(mask > 0, -step_rewards / jax.lax.stop_gradient(temperature), -jnp.inf)
   top = jnp.max(logits, axis=1, keepdims=True)
   top = jnp.where(jnp.isfinite(top), top, 0.0)
-  e = jnp.exp(logits - top) * mask
-  w = _safe_div(e, jnp.sum(e, axis=1, keepdims=True))
-  return w * step_rewards
+  e = jnp.where(mask > 0, jnp.exp(logits - top), 0.0)
+  return _safe_div(e, jnp.sum(e, axis=1, keepdims=True))
+
+
+def min_form_weight_entropy(weights: Array, mask: Array) -> Array:
+  """Scalar: the entropy of min-form weights relative to uniform, averaged over rows with >= 2 steps.
+
+  For a row with n >= 2 steps, H(w) / log n: 1.0 when the weights are uniform over its steps (the
+  transform is a mean), 0.0 when all the weight sits on one step (a hard minimum). Rows with fewer
+  than two steps have no choice to make and are left out; a batch without such a row gives 1.0
+  (the transform is then not in effect).
+
+  Args:
+    weights: [B, T] weights of `min_form_weights`; mask: [B, T], 1 at the steps.
+  """
+  weights = _float(weights, "weights")
+  _rank(weights, (2,), "weights", "[B, T]")
+  mask = _mask(mask, weights.shape, weights.dtype)
+  w = checks.fill_masked(weights, mask)
+  n = jnp.sum(mask, axis=1)
+  h = -jnp.sum(jnp.where(w > 0, w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0), axis=1)
+  rows = n >= 2
+  rel = _safe_div(h, jnp.where(rows, jnp.log(jnp.maximum(n, 2.0)), 0.0))
+  count = jnp.sum(rows)
+  return jnp.where(count > 0, jnp.sum(jnp.where(rows, rel, 0.0)) / jnp.maximum(count, 1), 1.0)
 
 
 def min_form_returns(step_rewards: Array, mask: Array, *, temperature: float = 0.1) -> Array:
@@ -570,3 +612,86 @@ def min_form_returns(step_rewards: Array, mask: Array, *, temperature: float = 0
   """
   transformed = min_form_rewards(step_rewards, mask, temperature=temperature)
   return discounted_returns(transformed, mask, gamma=1.0)
+
+
+def _last_token(mask: Array) -> Array:
+  """[B, T] 1.0 at each row's last unmasked token (none on fully masked rows)."""
+  t = mask.shape[1]
+  last = t - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=1)
+  return ((jnp.arange(t)[None, :] == last[:, None]) & jnp.any(mask > 0, axis=1, keepdims=True)).astype(mask.dtype)
+
+
+def pure_steps(token_rewards: Array, step_ends: Array, mask: Array) -> tuple[Array, Array, Array]:
+  """Step rewards and step lengths of PURE's layout, from token rewards and step ends.
+
+  Each row's steps end at the tokens marked in `step_ends` (on unmasked tokens) and at its last
+  unmasked token (PURE's final step ends at EOS: `experience_maker.py::generate_samples`, "+1 for
+  the last step with eos"). Step k spans the unmasked tokens after the previous step end up to and
+  including its end; its reward is the sum of the token rewards over them (for an implicit PRM,
+  q^k - q^{k-1}, `objectives.implicit_prm.step_rewards`; for a PRM that scores step ends only,
+  its score there).
+
+  Args:
+    token_rewards: [B, T] (ignored where `mask` is 0); step_ends: [B, T], 1 at a step's last
+      token; mask: [B, T] completion mask.
+
+  Returns:
+    (step rewards [B, T] at the step ends, 0 elsewhere; step mask [B, T], 1 at the step ends;
+    step lengths [B, T], the number of unmasked tokens of each step at its end, 0 elsewhere).
+  """
+  token_rewards = _float(token_rewards, "token_rewards")
+  _rank(token_rewards, (2,), "token_rewards", "[B, T]")
+  mask = _mask(mask, token_rewards.shape, token_rewards.dtype)
+  ends = _mask(step_ends, token_rewards.shape, token_rewards.dtype, "step_ends")
+  ends = jnp.maximum((ends > 0).astype(mask.dtype) * mask, _last_token(mask))
+  r = checks.fill_masked(token_rewards, mask) * mask
+  t = mask.shape[1]
+  # Index of the latest step end strictly before each position (-1: none).
+  idx = jnp.where(ends > 0, jnp.arange(t)[None, :], -1)
+  prev = jnp.concatenate([jnp.full_like(idx[:, :1], -1), jax.lax.cummax(idx, axis=1)[:, :-1]], axis=1)
+
+  def since_previous_end(x):
+    c = jnp.cumsum(x, axis=1)
+    before = jnp.where(prev >= 0, jnp.take_along_axis(c, jnp.maximum(prev, 0), axis=1), 0.0)
+    return (c - before) * ends
+
+  return since_previous_end(r), ends, since_previous_end(mask)
+
+
+def pure_token_baseline(step_rewards: Array, step_lengths: Array, mask: Array, *, group_size: int,
+                        valid: Array | None = None) -> Array:
+  """PURE's token baseline (`reward_baseline=token`), as a [B, T] amount to subtract at the step ends.
+
+  Cheng et al., arXiv 2504.15275; formulas.md section 4; code
+  `openrlhf/trainer/ppo_utils/experience_maker.py::process_experiences`:
+
+      b_i = [ sum_{j != i} sum_k r'_{j,k} ] / [ sum_{j != i} len_j ]   (per token; j over the group)
+      baseline_{i,k} = b_i * n_{i,k}                                     (n_{i,k}: tokens of step k)
+
+  with r' the (min-form transformed) step rewards and len_j the response length of row j. Rows
+  that are invalid or fully masked are in no other row's sums; b_i = 0 when the other rows of the
+  group have no token.
+
+  Args:
+    step_rewards: [B, T] (transformed) rewards at the step ends, 0 elsewhere.
+    step_lengths: [B, T] tokens of each step at its end, 0 elsewhere (`pure_steps`).
+    mask: [B, T] completion mask (len_j = its row sum).
+    group_size: G rows per prompt, group-major.
+    valid: optional [B] bool.
+
+  Returns:
+    [B, T] b_i n_{i,k} at the step ends, 0 elsewhere.
+  """
+  step_rewards = _float(step_rewards, "step_rewards")
+  _rank(step_rewards, (2,), "step_rewards", "[B, T]")
+  b, _ = step_rewards.shape
+  _check_group_size(b, group_size)
+  mask = _mask(mask, step_rewards.shape, step_rewards.dtype)
+  lengths_at = _mask(step_lengths, step_rewards.shape, step_rewards.dtype, "step_lengths")
+  ok = _valid(valid, b, step_rewards.dtype) * (jnp.sum(mask, axis=1) > 0)
+  totals = (jnp.sum(checks.fill_masked(step_rewards, mask) * mask, axis=1) * ok).reshape(-1, group_size)
+  lengths = (jnp.sum(mask, axis=1) * ok).reshape(-1, group_size)
+  others = jnp.sum(totals, axis=1, keepdims=True) - totals
+  other_lengths = jnp.sum(lengths, axis=1, keepdims=True) - lengths
+  per_token = _safe_div(others, other_lengths).reshape(-1)  # [B]
+  return per_token[:, None] * lengths_at * mask

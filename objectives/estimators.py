@@ -64,6 +64,10 @@ _NEED_HINTS = {
     "outcome_rewards": "the weighted sum of the per-sequence rewards",
     "rewards": "the combined reward",
     "mask": "the completion mask",
+    "step_ends": "a [B, T] step-end mask (1 at the last token of each step), from a task with steps "
+                 "(Task.step_ends)",
+    "old_logp": "the sampling log-probs",
+    "ref_logp": "the reference role's log-probs (the KL term needs a reference)",
 }
 
 
@@ -75,13 +79,14 @@ class Estimator:
   fn: EstimatorFn
   needs: tuple[str, ...]
   options: registry.Options
+  stats: Callable[..., dict] | None = None
 
 
 _ESTIMATORS = registry.Registry("advantage estimator")
 
 
-def register_estimator(name: str, *, needs: tuple[str, ...] | list[str] = (), overwrite: bool = False
-                       ) -> Callable[[EstimatorFn], EstimatorFn]:
+def register_estimator(name: str, *, needs: tuple[str, ...] | list[str] = (), overwrite: bool = False,
+                       stats: Callable[..., dict] | None = None) -> Callable[[EstimatorFn], EstimatorFn]:
   """Decorator that registers `fn(batch, *, group_size, **options)` under `name`.
 
   Args:
@@ -89,6 +94,8 @@ def register_estimator(name: str, *, needs: tuple[str, ...] | list[str] = (), ov
     needs: batch keys the estimator reads beyond `rewards` and `mask` (e.g. `("values",)`);
       `compute` checks that they are present.
     overwrite: replace an estimator already registered under `name`.
+    stats: optional `stats(batch, *, group_size, **options) -> {key: scalar}`, the estimator's
+      diagnostics (`compute_stats`), e.g. PURE's `stats/min_form_weight_entropy`.
   """
   if isinstance(needs, str) or not all(isinstance(k, str) and k for k in needs):
     raise ValueError(f"needs must be a tuple of batch key names, got {needs!r}")
@@ -104,7 +111,7 @@ def register_estimator(name: str, *, needs: tuple[str, ...] | list[str] = (), ov
     # group_size comes from the run (samples per prompt), not from the estimator's options.
     opts = registry.Options({k: v for k, v in opts.defaults.items() if k != "group_size"},
                             tuple(r for r in opts.required if r != "group_size"), opts.open)
-    _ESTIMATORS.add(name, Estimator(name, fn, needs, opts), overwrite=overwrite)
+    _ESTIMATORS.add(name, Estimator(name, fn, needs, opts, stats), overwrite=overwrite)
     return fn
 
   return decorator
@@ -182,6 +189,17 @@ def compute(name: str, batch: Mapping[str, Array], *, group_size: int,
   _check_batch(batch)
   out = est.fn(batch, group_size=group_size, **resolved)
   return jax.lax.stop_gradient(jnp.asarray(out).astype(jnp.float32))
+
+
+def compute_stats(name: str, batch: Mapping[str, Array], *, group_size: int,
+                  options: Mapping[str, Any] | None = None) -> dict[str, Array]:
+  """The diagnostics of estimator `name` on `batch` (`register_estimator(stats=...)`), float32
+  scalars without gradient; {} for an estimator without any."""
+  est = spec(name)
+  if est.stats is None:
+    return {}
+  out = est.stats(batch, group_size=group_size, **resolve_options(name, options))
+  return {k: jax.lax.stop_gradient(jnp.asarray(v, jnp.float32)) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- batch helpers
@@ -392,9 +410,89 @@ def pure_min_form(batch, *, group_size: int, temperature: float = 0.1, outcome_c
   return adv.whiten(returns, mask) if whiten else returns
 
 
+TEMPERATURE_SCALES = ("absolute", "batch_std")
+
+
+def _pure_step_weights(batch, mask, temperature, temperature_scale):
+  """(step rewards, step mask, step lengths, min-form weights) of PURE's layout on `batch`."""
+  if temperature_scale not in TEMPERATURE_SCALES:
+    raise ValueError(f"temperature_scale={temperature_scale!r} is not one of {TEMPERATURE_SCALES}")
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+  name = "pure"
+  steps, step_mask, lengths = adv.pure_steps(jnp.asarray(_require(batch, "token_rewards", name)),
+                                             jnp.asarray(_require(batch, "step_ends", name)), mask)
+  t = temperature
+  if temperature_scale == "batch_std":  # T x the std of the batch's step rewards (a scale, no gradient)
+    n = jnp.maximum(jnp.sum(step_mask), 1.0)
+    mean = jnp.sum(steps * step_mask) / n
+    std = jnp.sqrt(jnp.sum(((steps - mean) * step_mask) ** 2) / n)
+    t = temperature * jax.lax.stop_gradient(jnp.maximum(std, 1e-8))
+  return steps, step_mask, lengths, adv.min_form_weights(steps, step_mask, temperature=t)
+
+
+def _pure_stats(batch, *, group_size: int, temperature: float = 0.1, temperature_scale: str = "absolute",
+                **_) -> dict:
+  del group_size
+  mask = _valid_mask(batch)
+  _, step_mask, _, w = _pure_step_weights(batch, mask, temperature, temperature_scale)
+  return {"stats/min_form_weight_entropy": adv.min_form_weight_entropy(w, step_mask),
+          "stats/steps_per_completion": jnp.sum(step_mask) / jnp.maximum(jnp.sum(jnp.any(mask > 0, axis=-1)), 1)}
+
+
+@register_estimator("pure", needs=("token_rewards", "step_ends"), stats=_pure_stats)
+def pure(batch, *, group_size: int, temperature: float = 0.1, temperature_scale: str = "absolute",
+         outcome_coef: float = 1.0, kl_coef: float = 0.0, baseline: str = "token", whiten: bool = True) -> Array:
+  """PURE, min-form credit assignment over step-end rewards (Cheng et al., arXiv 2504.15275).
+
+  As PURE's code (`openrlhf/utils/utils.py::turn_process_reward_logits_to_reward`,
+  `openrlhf/trainer/ppo_utils/experience_maker.py`; formulas.md section 4), `[B, T]`:
+
+  1. Steps (`advantages.pure_steps`): each row's steps end at `batch["step_ends"]` `[B, T]` (1 at
+     the last token of each step, from `Task.step_ends`) and at its last token (PURE's final step
+     ends at EOS); step k's reward r_k is the sum of `token_rewards` over its tokens, placed at
+     its end.
+  2. Min-form: w_k = softmax_k(-r_k / T) over the row's steps only, r'_k = w_k r_k
+     (`advantages.min_form_weights`). T = `temperature` ("absolute", PURE: 0.1 on rewards in
+     [-1, 1]) or `temperature` x the std of the batch's step rewards (`temperature_scale=
+     "batch_std"`: a temperature at the rewards' scale, for PRMs whose rewards are far from
+     [-1, 1]).
+  3. Token baseline (`baseline="token"`, PURE's `reward_baseline=token`,
+     `advantages.pure_token_baseline`): b_i = sum_{j != i} sum_k r'_{j,k} / sum_{j != i} len_j per
+     token, b_i n_{i,k} subtracted at the end of step k (n_{i,k} its tokens); "none": no baseline.
+  4. Verifiable reward: outcome_coef x RLOO(`outcome_rewards`) on the last token.
+  5. KL in the reward (OpenRLHF's `reward - kl_coef * kl`, k1 estimator): -kl_coef (old_logp -
+     ref_logp) on every token; needs `old_logp` and `ref_logp` when kl_coef > 0 (PURE's recipe:
+     `--init_kl_coef 0.001`, which `configs/pure.py` sets).
+  6. Returns: reverse cumulative sums (gamma = 1), whitened over the batch's unmasked tokens with
+     `whiten`.
+
+  Not ported: PURE also zeroes the returns at its step-separator tokens (no loss there); here
+  every completion token keeps its return. `stats/min_form_weight_entropy` (1.0: uniform weights,
+  mean-form; 0.0: a hard minimum) shows whether the transform is in effect.
+  """
+  if baseline not in ("token", "none"):
+    raise ValueError(f"baseline={baseline!r} is not one of ('token', 'none')")
+  mask = _valid_mask(batch)
+  steps, _, lengths, w = _pure_step_weights(batch, mask, temperature, temperature_scale)
+  process = w * steps
+  if baseline == "token":
+    process = process - adv.pure_token_baseline(process, lengths, mask, group_size=group_size, valid=_valid(batch))
+  outcome = adv.rloo(jnp.asarray(_require(batch, "outcome_rewards", "pure")), group_size=group_size,
+                     valid=_valid(batch))
+  rewards = process + adv.outcome_to_token_rewards(outcome_coef * outcome, mask)
+  if kl_coef:
+    kl = checks.fill_masked(jnp.asarray(_require(batch, "old_logp", "pure"), jnp.float32)
+                            - jnp.asarray(_require(batch, "ref_logp", "pure"), jnp.float32), mask)
+    rewards = rewards - kl_coef * kl * mask
+  returns = adv.discounted_returns(rewards, mask, gamma=1.0)
+  return adv.whiten(returns, mask) if whiten else returns
+
+
 @register_estimator("prime")
 def prime_estimator(batch, *, group_size: int, process_coef: float = 5.0, outcome_coef: float = 5.0,
-                    process_gamma: float = 1.0, outcome_gamma: float = 1.0, whiten: bool = True) -> Array:
+                    process_gamma: float = 1.0, outcome_gamma: float = 1.0, whiten: bool = True,
+                    process_norm: str = "none") -> Array:
   """PRIME (arXiv 2502.01456), the advantages of `prime.prime_advantages`.
 
   `[B, T]`: leave-one-out baselines on the process rewards `batch["token_rewards"]` (when
@@ -402,11 +500,21 @@ def prime_estimator(batch, *, group_size: int, process_coef: float = 5.0, outcom
   whitened over the batch's unmasked tokens. Invalid rows are passed fully masked, so they get
   0 and are left out of the whitening and of their group's leave-one-out baselines (as rows
   without tokens are in `prime_advantages`).
+
+  `process_norm` normalises the process rewards before the leave-one-out transform:
+  "batch_norm" is PRIME's `prime_norm` (`prime.prime_norm`: scores / (max over the batch's
+  valid rows and tokens of |reverse cumulative sum| + 1e-6), PRIME's recipe default, which
+  `configs/prime.py` selects); "none" (the registry default) uses them as given.
   """
   token_rewards = batch["token_rewards"] if _present(batch, "token_rewards") else None
   outcome = jnp.asarray(_require(batch, "outcome_rewards", "prime"))
+  mask = _valid_mask(batch)
+  if token_rewards is not None:
+    token_rewards = prime.prime_norm(jnp.asarray(token_rewards), mask, method=process_norm)
+  elif process_norm not in prime.PRIME_NORMS:
+    raise ValueError(f"process_norm={process_norm!r} is not one of {prime.PRIME_NORMS}")
   advantages, _ = prime.prime_advantages(
-      None if token_rewards is None else jnp.asarray(token_rewards), outcome, _valid_mask(batch),
+      token_rewards, outcome, mask,
       group_size=group_size, process_coef=process_coef, outcome_coef=outcome_coef, process_gamma=process_gamma,
       outcome_gamma=outcome_gamma, whiten=whiten)
   return advantages

@@ -157,7 +157,8 @@ def sequence_rewards(logp: Array, ref_logp: Array | None, mask: Array, *, beta: 
   return jnp.sum(token_rewards(logp, ref_logp, mask, beta=beta), axis=-1)
 
 
-def ce_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *, beta: float) -> tuple[Array, dict]:
+def ce_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *, beta: float,
+            label_balance: bool = False) -> tuple[Array, dict]:
   """Cross-entropy implicit-PRM loss (ImplicitPRM `ce_trainer.py`; PRIME `compute_ce_dpo_loss_rm`).
 
   L = mean_b BCE(sigma(r_theta(y_b)), l_b) = -mean_b [l log sigma(r) + (1 - l) log sigma(-r)],
@@ -173,12 +174,15 @@ def ce_loss(logp: Array, ref_logp: Array | None, mask: Array, labels: Array, *, 
       then makes the loss unbounded below. The label of a row without tokens is ignored (the
       row adds nothing and counts in no mean).
     beta: PRM beta (0.05 in PRIME and ImplicitPRM).
+    label_balance: weight the classes equally (`class_weights`): with most samples wrong, the
+      plain mean is minimised by a uniform downward drift of log pi / pi_ref (a length
+      penalty), which a class-balanced loss does not reward. Off by default (the papers' loss).
 
   Returns:
     (scalar loss, metrics) with `loss/prm_ce`, `stats/prm_reward_mean`, `stats/prm_accuracy`
     (sign of r agrees with the label, labels thresholded at 0.5).
   """
-  total, den, metrics = ce_loss_terms(logp, ref_logp, mask, labels, beta=beta)
+  total, den, metrics = ce_loss_terms(logp, ref_logp, mask, labels, beta=beta, label_balance=label_balance)
   return aggregation.safe_divide(total, den), metrics
 
 
@@ -187,8 +191,31 @@ def _has_tokens(mask) -> Array:
   return jnp.any(jnp.asarray(mask) > 0, axis=-1)
 
 
-def ce_loss_terms(logp, ref_logp, mask, labels, *, beta):
-  """`ce_loss` as (sum over the sequences with tokens, their number, metrics)."""
+def class_weights(labels: Array, present: Array) -> tuple[Array, Array]:
+  """(w_pos, w_neg): per-class weights that give each class present an equal total weight.
+
+  Over the N rows with tokens, n_+ = sum_b l_b and n_- = sum_b (1 - l_b) (soft labels count
+  fractionally) and K = the number of classes with n_c > 0; then w_c = N / (K n_c), so that
+  w_+ n_+ = w_- n_- = N / 2 when both classes are present, and the weights sum to N (the loss's
+  denominator) in every case: a batch of one class is weighted 1. The weighted CE is
+
+      L = (1/N) sum_b -[w_+ l_b log sigma(r_b) + w_- (1 - l_b) log sigma(-r_b)]
+        = 1/2 (mean BCE over the positives) + 1/2 (mean BCE over the negatives)   (hard labels).
+
+  The weights are functions of the labels only (no gradient) and of the batch the loss sees: the
+  reward-model stage therefore refuses them with more than one micro-batch (`train.grad_accum_steps`).
+  """
+  p = present.astype(labels.dtype)
+  n = jnp.sum(p)
+  pos, neg = jnp.sum(labels * p), jnp.sum((1.0 - labels) * p)
+  classes = (pos > 0).astype(labels.dtype) + (neg > 0).astype(labels.dtype)
+  weight = lambda count: jnp.where(count > 0, n / jnp.maximum(classes * count, 1e-12), 0.0)  # noqa: E731
+  return weight(pos), weight(neg)
+
+
+def ce_loss_terms(logp, ref_logp, mask, labels, *, beta, label_balance: bool = False):
+  """`ce_loss` as (sum over the sequences with tokens, their number, metrics); with
+  `label_balance` the terms are weighted by `class_weights` (the number is unchanged)."""
   r = sequence_rewards(logp, ref_logp, mask, beta=beta)  # [B]
   checks.check_shape("labels", labels, r.shape, "logp[:, 0]")
   present = _has_tokens(mask)
@@ -199,7 +226,8 @@ def ce_loss_terms(logp, ref_logp, mask, labels, *, beta):
   # it meets the arithmetic, and its term.
   loss_labels = checks.fill_masked(labels, present)
   p = present.astype(r.dtype)
-  per_seq = -(loss_labels * jax.nn.log_sigmoid(r) + (1.0 - loss_labels) * jax.nn.log_sigmoid(-r))
+  w_pos, w_neg = class_weights(loss_labels, present) if label_balance else (1.0, 1.0)
+  per_seq = -(w_pos * loss_labels * jax.nn.log_sigmoid(r) + w_neg * (1.0 - loss_labels) * jax.nn.log_sigmoid(-r))
   total = jnp.sum(per_seq * p)
   den = jnp.sum(p)
   rs = jax.lax.stop_gradient(r)
@@ -348,10 +376,11 @@ def _batch(batch, name: str, keys=("ref_logp", "mask", "labels")):
 
 
 @registry.register("implicit_prm_ce", stage="reward_model", needs_reference=True)
-def implicit_prm_ce_objective(logp, batch, *, beta=0.05):
-  """CE implicit PRM (ImplicitPRM's default, PRIME's online update): (sum of BCE, B, metrics)."""
+def implicit_prm_ce_objective(logp, batch, *, beta=0.05, label_balance=False):
+  """CE implicit PRM (ImplicitPRM's default, PRIME's online update): (sum of BCE, B, metrics);
+  `label_balance` weights the two classes equally in the batch (`class_weights`)."""
   ref_logp, mask, labels = _batch(batch, "implicit_prm_ce")
-  return ce_loss_terms(logp, ref_logp, mask, labels, beta=beta)
+  return ce_loss_terms(logp, ref_logp, mask, labels, beta=beta, label_balance=bool(label_balance))
 
 
 @registry.register("implicit_prm_dpo", stage="reward_model", needs_reference=True)

@@ -20,6 +20,11 @@ README and paper describe only the leave-one-out mean of the averaged process re
 baseline; the code's algebra adds the extra (r_{i,t} - mean_s r_{i,s}) / (K - 1) term. We follow
 the code (`rloo_token_rewards`).
 
+Before the advantages PRIME's reward-model worker normalises the token scores over the batch
+(`prime_norm`, `prime_norm: batch_norm` in the recipe): scores / (max |reverse cumulative sum| +
+1e-6). `prime_advantages` takes the process rewards as given; the "prime" estimator
+(`objectives.estimators`, option `process_norm`) applies `prime_norm` first.
+
 Returns are reverse discounted sums per source (G_t = sum_{s >= t} gamma^{s-t} r_s; gamma = 1 in
 the recipes), added over sources, and the advantages are the returns whitened over all unmasked
 tokens of the batch (`objectives.aggregation.masked_whiten`: unbiased variance and eps 1e-8, as
@@ -95,6 +100,49 @@ def rloo_token_rewards(rewards: Array, source_mask: Array, *, group_size: int) -
   row_mean = aggregation.masked_mean(rewards, m, axis=-1)  # [B], 0 for empty rows
   scale, baseline = _leave_one_out(row_mean, jnp.any(m > 0, axis=-1), k)  # [B]
   return (rewards * scale[:, None] - baseline[:, None]) * m
+
+
+PRIME_NORMS = ("batch_norm", "none")
+
+
+def prime_norm(token_scores: Array, mask: Array, *, method: str = "batch_norm") -> Array:
+  """PRIME's normalisation of the implicit PRM's token scores, before the advantages.
+
+  See Cui et al. (arXiv 2502.01456); code: the reward-model worker's `prime_norm` (config
+  `prime_norm: batch_norm`) in PRIME's `dp_rm` worker and verl's PRIME recipe
+  (`recipe/prime/prime_dp_rm.py::prime_norm`, `prime_trainer.yaml`):
+
+      R_{i,t} = sum_{s >= t} s_{i,s} m_{i,s}                     (reverse cumulative sum per row)
+      s'_{i,t} = s_{i,t} m_{i,t} / (max_{j, u: m_{j,u} = 1} |R_{j,u}| + 1e-6)
+
+  The max runs over every row and every unmasked token of the batch. It keeps the relative values
+  of the scores while bounding the absolute value of the process return by 1, so that with
+  `process_coef` 5 the process term is not negligible next to the outcome term. A batch without
+  unmasked tokens gives 0 everywhere (the denominator is then 1e-6).
+
+  Args:
+    token_scores: `[B, T]` token scores (e.g. beta (log pi_prm - log pi_ref)); values where the
+      mask is 0 are ignored, whatever they hold.
+    mask: `[B, T]`, 1 on response tokens.
+    method: "batch_norm" (PRIME's default) or "none" (the scores unchanged).
+
+  Returns:
+    `[B, T]` scores, 0 where the mask is 0.
+  """
+  if method not in PRIME_NORMS:
+    raise ValueError(f"prime_norm method={method!r} is not one of {PRIME_NORMS}")
+  checks.check_rank("token_scores", token_scores, 2, "[B, T]")
+  checks.check_shape("mask", mask, jnp.shape(token_scores), "token_scores")
+  scores = jnp.asarray(token_scores)
+  if not jnp.issubdtype(scores.dtype, jnp.floating):
+    scores = scores.astype(jnp.float32)
+  m = jnp.asarray(mask).astype(scores.dtype)
+  scores = checks.fill_masked(scores, m) * m
+  if method == "none":
+    return scores
+  reverse_cumsum = jnp.flip(jnp.cumsum(jnp.flip(scores, axis=-1), axis=-1), axis=-1)
+  top = jnp.max(jnp.where(m > 0, jnp.abs(reverse_cumsum), 0.0))
+  return scores / (top + 1e-6)
 
 
 def discounted_returns(rewards: Array, *, gamma: float = 1.0) -> Array:

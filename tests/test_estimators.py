@@ -34,6 +34,7 @@ def make_batch(seed=0, token_level=False, valid=None, empty_row=None):
       "mask": mask,
       "values": rng.normal(0, 1, (B, T)).astype(np.float32),
       "baseline_rewards": rng.normal(0.5, 0.3, B).astype(np.float32),
+      "step_ends": (rng.random((B, T)) < 0.4).astype(np.float32),
   }
   if token_level:
     batch["rewards"] = np.asarray(adv.outcome_to_token_rewards(outcome, mask)) + token_rewards
@@ -93,6 +94,12 @@ def _direct(name, b):
     return adv.whiten(returns, vm)
   if name == "prime":
     return prime.prime_advantages(b["token_rewards"], b["outcome_rewards"], vm, group_size=G)[0]
+  if name == "pure":
+    steps, step_mask, lengths = adv.pure_steps(b["token_rewards"], b["step_ends"], vm)
+    p = adv.min_form_rewards(steps, step_mask, temperature=0.1)
+    p = p - adv.pure_token_baseline(p, lengths, vm, group_size=G, valid=v)
+    outcome = adv.rloo(b["outcome_rewards"], group_size=G, valid=v)
+    return adv.whiten(adv.discounted_returns(p + adv.outcome_to_token_rewards(outcome, vm), vm), vm)
   if name == "jepo":  # numpy by hand: log-mean-exp over the group's valid rows minus the leave-one-out one
     x = np.asarray(_seq(b), np.float64).reshape(-1, G)
     ok = (np.asarray(m).sum(-1) > 0) & (np.ones(len(m), bool) if v is None else np.asarray(v, bool))
@@ -107,7 +114,7 @@ def _direct(name, b):
   raise AssertionError(f"no direct reference for {name!r}: add one when registering an estimator")
 
 
-EXPECTED_NAMES = ["discounted", "gae", "gpg", "group", "jepo", "opo", "pass_at_k", "prime", "pure_min_form",
+EXPECTED_NAMES = ["discounted", "gae", "gpg", "group", "jepo", "opo", "pass_at_k", "prime", "pure", "pure_min_form",
                   "reinforce_pp", "reinforce_pp_baseline", "remax", "rloo"]
 
 
@@ -116,6 +123,9 @@ def test_names_and_needs():
   assert estimators.needs("gae") == ("values",)
   assert estimators.needs("remax") == ("baseline_rewards",)
   assert estimators.needs("pure_min_form") == ("token_rewards",)
+  assert estimators.needs("pure") == ("token_rewards", "step_ends")
+  assert estimators.defaults("prime")["process_norm"] == "none"  # configs/prime.py selects "batch_norm"
+  assert estimators.defaults("pure")["kl_coef"] == 0.0  # configs/pure.py selects PURE's 1e-3
   assert estimators.needs("group") == ()
   assert estimators.resolve_options("group", {}) == {"scale_rewards": "group", "eps": 1e-4}
   assert estimators.resolve_options("gae", {"lam": 0.95}) == {"gamma": 1.0, "lam": 0.95, "whiten": True}

@@ -196,6 +196,55 @@ def test_invariants(b, t, seed, aggregate):
   np.testing.assert_allclose(score, np_score(tok, ends, aggregate, t), rtol=1e-5, atol=1e-6)
 
 
+def np_ce_balanced(logp, ref, mask, labels, beta):
+  """Class-balanced CE by hand: with N rows with tokens, n_+ = sum l, n_- = sum (1 - l) over them and
+  K classes present, w_c = N / (K n_c); the loss is sum_b w(l_b) BCE_b / N."""
+  r = np.sum(np_token_rewards(logp, ref, mask, beta), axis=-1)
+  present = np.asarray(mask).sum(-1) > 0
+  l, r = np.float64(labels)[present], r[present]
+  n, n_pos, n_neg = len(l), l.sum(), (1 - l).sum()
+  k = int(n_pos > 0) + int(n_neg > 0)
+  w_pos = n / (k * n_pos) if n_pos > 0 else 0.0
+  w_neg = n / (k * n_neg) if n_neg > 0 else 0.0
+  return np.sum(-(w_pos * l * np_log_sigmoid(r) + w_neg * (1 - l) * np_log_sigmoid(-r))) / n
+
+
+class LabelBalanceTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(([1.0, 0.0, 0.0, 0.0, 1.0],), ([0.0, 0.0, 0.0, 0.0, 1.0],), ([0.0, 0.0, 0.0, 0.0, 0.0],),
+                            ([0.9, 0.0, 0.2, 0.0, 1.0],))
+  def test_value_and_grad_against_numpy(self, labels):
+    logp, ref, mask, _ = make_inputs(10, b=5)  # row 2 has no token: absent, its label ignored
+    logp = logp * 10  # |r| of order 1: the weights change the loss visibly
+    labels = np.asarray(labels, np.float32)
+    fn = functools.partial(implicit_prm.ce_loss, beta=BETA, label_balance=True)
+    (value, metrics), grad = self.variant(jax.value_and_grad(fn, has_aux=True))(logp, ref, mask, labels)
+    np.testing.assert_allclose(value, np_ce_balanced(logp, ref, mask, labels, BETA), rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss/prm_ce"], value, rtol=1e-6)
+    np.testing.assert_allclose(grad, fd_grad_h(lambda x: np_ce_balanced(x, ref, mask, labels, BETA), logp),
+                               rtol=1e-4, atol=1e-6)
+
+  def test_golden_weights_and_default_off(self):
+    # Present rows 0, 1, 3, 4 with labels 1, 0, 0, 0: n_+ = 1, n_- = 3, N = 4 -> w_+ = 2, w_- = 2/3, so
+    # positives and negatives each weigh N / 2 = 2 (the label of the empty row 2 is ignored).
+    logp, ref, mask, _ = make_inputs(11, b=5)
+    labels = np.array([1.0, 0.0, 1.0, 0.0, 0.0], np.float32)
+    present = np.asarray(mask).sum(-1) > 0
+    w_pos, w_neg = implicit_prm.class_weights(jnp.where(present, labels, 0.0), jnp.asarray(present))
+    np.testing.assert_allclose([w_pos, w_neg], [2.0, 2.0 / 3.0], rtol=1e-6)
+    r = np.sum(np_token_rewards(logp, ref, mask, BETA), axis=-1)
+    bce = -(labels * np_log_sigmoid(r) + (1 - labels) * np_log_sigmoid(-r))
+    np.testing.assert_allclose(implicit_prm.ce_loss(logp, ref, mask, labels, beta=BETA, label_balance=True)[0],
+                               0.5 * bce[0] + 0.5 * np.mean(bce[[1, 3, 4]]), rtol=1e-5)
+    np.testing.assert_allclose(implicit_prm.ce_loss(logp, ref, mask, labels, beta=BETA)[0],
+                               np_ce(logp, ref, mask, labels, BETA), rtol=1e-5)  # default: unweighted
+    batch = {"ref_logp": ref, "mask": mask, "labels": labels}
+    total, den, _ = registry.get("implicit_prm_ce")(logp, batch, beta=BETA, label_balance=True)
+    np.testing.assert_allclose(total / den, np_ce_balanced(logp, ref, mask, labels, BETA), rtol=1e-5)
+    self.assertEqual(registry.resolve_options("implicit_prm_ce", {})["label_balance"], False)
+
+
 def test_registered_ce_objective():
   logp, ref, mask, _ = make_inputs(6)
   labels = np.array([1.0, 0.0, 0.0], np.float32)

@@ -9,6 +9,7 @@ import support
 from configs import prime as prime_config
 from jaxrl_reward import experiment as experiment_lib
 from test_prime import np_prime
+from test_prime_norm import np_prime_norm
 
 
 def _config(mesh=(("data", 1),), **overrides):
@@ -55,7 +56,8 @@ def test_prime_advantages_of_a_rollout_match_the_loop_port(prime_run):
   mask = np.asarray(rollout.mask)
   tokens, outcome = np.asarray(rollout["token_rewards"]), np.asarray(rollout["outcome_rewards"])
   assert np.abs(tokens).max() > 0  # the PRM's token rewards are part of the sum
-  want, _ = np_prime(tokens[rows], outcome[rows], mask[rows], k=rl.group_size)
+  # configs/prime.py normalises the token scores as PRIME does (over the rows the filter keeps).
+  want, _ = np_prime(np_prime_norm(tokens[rows], mask[rows]), outcome[rows], mask[rows], k=rl.group_size)
   np.testing.assert_allclose(adv[rows], want, rtol=1e-4, atol=1e-5)
   assert np.all(adv[~rows] == 0)
 

@@ -408,3 +408,51 @@ def test_choose_threshold_bad_inputs():
     prm_eval.choose_threshold(x, [2, 2], [0, -1, -1])
   with pytest.raises(ValueError, match=r"candidates"):
     prm_eval.choose_threshold(x, [2, 2], [0, -1], candidates=[np.nan])
+
+
+# ----------------------------------------------------------------------------- issue 23 diagnostics
+
+
+def test_pearson_matches_numpy_and_skips_non_finite_scores():
+  scores = np.array([[0.5, -1.0, 2.0, -np.inf], [1.5, 0.0, -0.5, 3.0]])  # -inf: a solution without steps
+  lengths = np.array([[10, 30, 5, 2], [8, 20, 25, 4]])
+  kept = np.isfinite(scores)
+  want = np.corrcoef(scores[kept], lengths[kept])[0, 1]
+  assert prm_eval.pearson(scores, lengths) == pytest.approx(want, rel=1e-12)
+  assert prm_eval.pearson(-scores, lengths) == pytest.approx(-want, rel=1e-12)
+  assert want < -0.5  # short solutions scored high: the signature of a learned length penalty
+  assert np.isnan(prm_eval.pearson(np.zeros(4), [1, 2, 3, 4]))  # an untrained implicit PRM: undefined
+  assert np.isnan(prm_eval.pearson([1.0, -np.inf], [1, 2]))
+  with pytest.raises(ValueError, match="one size"):
+    prm_eval.pearson([1.0, 2.0], [1.0])
+
+
+def _np_best_of_n_kept(scores, correct, keep, n):
+  """Best-of-n among the kept samples by enumerating the subsets (`brute_best_of_n` per problem)."""
+  per_problem = [brute_best_of_n(s[k][None], c[k][None], min(n, k.sum()))
+                 for s, c, k in zip(scores, correct, keep) if k.any()]
+  return float(np.mean(per_problem))
+
+
+def test_best_of_n_over_well_formed_samples_matches_enumeration():
+  # Problem 0: the malformed (short) samples 0 and 3 score highest and one of them is correct;
+  # among the well-formed ones the scorer ranks the correct sample 1 first.
+  scores = np.array([[5.0, 2.0, 1.0, 4.0], [0.3, 0.3, 0.1, 0.2], [1.0, 2.0, 3.0, 4.0]])
+  correct = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1]])
+  keep = np.array([[False, True, True, False], [True, True, True, True], [False, False, False, False]])
+  for n in (1, 2, 3, 4):
+    out = prm_eval.best_of_n_subset(scores, correct, keep, n)
+    assert out["best_of_n"] == pytest.approx(_np_best_of_n_kept(scores, correct, keep, n), abs=1e-12)
+    assert out["num_problems"] == 2 and out["frac_kept"] == pytest.approx(6 / 12)
+    assert out["random"] == pytest.approx(np.mean([0.5, 0.5]))
+  # By hand, n = 2: problem 0 always picks sample 1 (1.0); problem 1's six pairs give 0.5 (the tie 0, 1),
+  # 0, 0, 1, 1, 0: 2.5 / 6.
+  assert prm_eval.best_of_n_subset(scores, correct, keep, 2)["best_of_n"] == pytest.approx((1.0 + 2.5 / 6) / 2)
+  assert prm_eval.best_of_n_subset(scores, correct, keep, 4)["pass_at_n"] == pytest.approx(1.0)
+  # Over all samples, n = 4: problem 0 picks its malformed sample 0, problem 1 the tie of samples 0 and 1.
+  assert prm_eval.best_of_n(scores[:2], correct[:2], 4) == pytest.approx((1.0 + 0.5) / 2)
+  assert prm_eval.best_of_n_subset(scores, correct, keep, 4)["best_of_n"] == pytest.approx((1.0 + 0.5) / 2)
+  none = prm_eval.best_of_n_subset(scores, correct, np.zeros_like(keep), 1)
+  assert np.isnan(none["best_of_n"]) and none["num_problems"] == 0
+  with pytest.raises(ValueError, match="keep must be a bool array"):
+    prm_eval.best_of_n_subset(scores, correct, keep.astype(int), 1)

@@ -88,6 +88,16 @@ def test_the_pipeline_reads_the_prm_at_step_boundaries(prm_run):
   assert np.abs(rewards).max() > 0
 
 
+def test_well_formed_completions_have_the_answer_and_the_problem_s_steps():
+  task = chain_sums.build_task(implicit_prm_config.get_config("chain_sums_tiny").task, seed=0)
+  example = chain_sums.make_example([1, 2, 4], ["+", "+"])  # two steps
+  assert process_rewards.well_formed(task, example, example["solution"])
+  assert process_rewards.well_formed(task, example, "1+2=4\n4+4=8\n#### 8")  # wrong, but well-formed
+  assert not process_rewards.well_formed(task, example, "1+2=3\n3+4=7")  # no answer line
+  assert not process_rewards.well_formed(task, example, "1+2=3\n#### 3")  # stopped after one step
+  assert not process_rewards.well_formed(task, example, "1+2=3\n3+4=7\n7+0=7\n#### 7")  # an extra step
+
+
 def test_best_of_n_arguments_and_roles_are_checked(prm_run, tmp_path):
   with pytest.raises(ValueError, match=r"--ns \[8\] must be in \[1, --samples=4\]"):
     process_rewards.check_best_of_n([1, 8], 4, 10)
@@ -118,9 +128,20 @@ def test_evaluate_a_prm_run_and_an_orm_run_from_its_warm_up(tmp_path):
   assert orm["frac_correct"] == pytest.approx(prm["frac_correct"])  # the same policy, samples and problems
   assert orm["localisation"] is None and "best_of_n/min" not in orm
   assert set(prm["localisation"]) >= {"threshold", "f1"}
+  # Issue 23's diagnostics, for every scorer: the untrained implicit PRM is its reference (all
+  # scores 0: no correlation, pair accuracy at chance); Best-of-N over well-formed samples.
+  for result, scorers in ((prm, ("min", "sum", "policy_likelihood", "untrained/min", "untrained/sum")),
+                          (orm, ("outcome", "policy_likelihood", "untrained/outcome"))):
+    assert set(result["score_length_corr"]) == set(result["score_steps_corr"]) == set(scorers)
+    for key in scorers:
+      assert f"best_of_n/{key}" in result and set(result[f"best_of_n_well_formed/{key}"]) == {1, 4}
+    assert set(result["pair_accuracy"]) == {"trained", "untrained"}
+    assert 0.0 <= result["well_formed"]["frac"] <= 1.0
+  assert prm["pair_accuracy"]["untrained"] == 0.5 and prm["score_length_corr"]["untrained/min"] is None
+  assert prm["best_of_n/untrained/min"][4] == pytest.approx(prm["random"])  # constant score: a random pick
   # Reading a run with the wrong config fails, and leaves the run's checkpoints where they are.
   steps = sorted(p.name for p in (tmp_path / "prm" / "checkpoints").iterdir())
-  with pytest.raises(RuntimeError, match="no checkpoint .* can be restored"):
+  with pytest.raises(ValueError, match="holds a run of another config"):
     process_rewards.evaluate(orm_config, tmp_path / "prm", **kwargs)
   assert sorted(p.name for p in (tmp_path / "prm" / "checkpoints").iterdir()) == steps
   assert not any(name.startswith("unreadable") for name in steps)

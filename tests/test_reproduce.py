@@ -65,7 +65,8 @@ def test_render_means_stds_per_seed_and_plot(tmp_path):
   assert n == 3 and reproduce.summarise([0.5])[1] is None
   # No paper: said so. Claims computed from the numbers: greedy 0.20 -> 0.90 is beyond the spread.
   assert "**Paper.** None" in text and "paper:" not in text
-  assert "above the first stage by more than the seeds' spread" in text and "rises in 3 of 3 seeds" in text
+  assert "the change per seed (0: +0.700, 1: +0.600, 2: +0.800), mean +0.700" in text
+  assert "a rise: **shown**" in text
   assert "--config=configs/grpo_arithmetic.py" in text and "main_job --seeds=3" in text
   png = results / "main_job.png"
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -76,9 +77,10 @@ def test_claims_follow_the_numbers():
   close = [_record("main_job", "default", s, [("a", 1, 0.5, 0.5), ("b", 2, 0.5 + d, 0.5)])
            for s, d in enumerate((0.05, -0.05, 0.02))]
   text = reproduce.main_job_claims(close)
-  assert "within the seeds' spread" in text and "rises in 2 of 3 seeds" in text
+  assert "the change per seed (0: +0.050, 1: -0.050, 2: +0.020)" in text
+  assert "a rise: **not decided (3 seeds); a comparison that 3 seeds do not decide needs 5 seeds" in text
   one = reproduce.main_job_claims(close[:1])
-  assert "one seed has no spread" in one
+  assert "one seed: no interval" in one and "not decided (1 seed)" in one
 
 
 def test_latest_line_per_seed_wins_and_quick_files_are_ignored(tmp_path):
@@ -211,13 +213,26 @@ def test_prm_table_and_claims_follow_the_numbers():
   assert _table_row(table, "oracle (pass@N)").split("|")[6].strip() == "0.800 ± 0.000"
   assert _table_row(table, "orm").split("|")[7].strip() == "-"  # an ORM localises nothing
   claims = reproduce.prm_claims(records)
-  assert "**shown**: BoN@64 ce higher (0.500 vs 0.210)" in claims
-  assert "**shown** for ce, dpo" in claims and "(best BoN@64: ce)" in claims
-  assert "strongest implicit PRM* (the paper, for Llama-3.1-8B): **not shown**" in claims
+  # Paired by seed: ce - orm is +0.29 in every seed, dpo - orm +0.14, kto - orm -0.01.
+  assert "reranks better than an outcome reward model trained on the same labels* (the paper's Best-of-N " \
+         "tables): **shown for ce, dpo**" in claims
+  assert "BoN@64 ce minus orm per seed (0: +0.290, 1: +0.290, 2: +0.290)" in claims
+  assert "kto minus orm per seed (0: -0.010, 1: -0.010, 2: -0.010), mean -0.010" in claims
+  assert "beats random choice* (a precondition of every other claim): **shown** for ce, dpo" in claims
+  assert "strongest implicit PRM* (the paper, for Llama-3.1-8B): **contradicted**" in claims  # dpo - ce = -0.15
+  assert "anti-correlated" not in claims
   worse = [r if r["label"] != "ce" else _prm_record("ce", r["seed"], 0.5, (0.2, 0.2, 0.2, 0.2), 0.5, shared)
            for r in records if r["label"] != "dpo"] + [_prm_record("dpo", s, 0.5, (0.2,) * 4, 0.5) for s in range(3)]
-  assert "**not shown**: no scorer's BoN@64 is above pass@1" in reproduce.prm_claims(worse)
-  assert "but no implicit PRM is above random choice" in reproduce.prm_claims(worse)
+  assert "**not decided (3 seeds); a comparison that 3 seeds do not decide needs 5 seeds (a later rerun with " \
+         "`--seeds=5`)** for ce, dpo, kto, orm" in reproduce.prm_claims(worse)
+  assert "none of which is shown to do better than chance" in reproduce.prm_claims(worse)
+  # A scorer whose Best-of-N falls as N grows is anti-correlated, not "not shown".
+  falling = [r if r["label"] != "ce" else _prm_record("ce", r["seed"], 0.4, (0.2, 0.15, 0.1, 0.05 + 0.01 * r["seed"]),
+                                                        0.5, shared) for r in records]
+  text = reproduce.prm_claims(falling)
+  assert "ce is **anti-correlated**: its Best-of-N falls as N grows (mean BoN@1, 4, 16, 64: 0.200, 0.150, 0.100, " \
+         "0.060; BoN@64 minus BoN@1 per seed (0: -0.150, 1: -0.140, 2: -0.130)" in text
+  assert "**shown** for dpo" in text and "not shown" not in text
   assert "no verdict" in reproduce.prm_claims(records[:2])
 
 
@@ -234,13 +249,73 @@ def test_pure_and_prime_claims_follow_the_numbers():
       ("sum", (0.3, 0.2, 0.05), hacking), ("min", (0.3, 0.3, 0.32), flat),
       ("sum_verified", (0.3, 0.2, 0.1), hacking), ("min_verified", (0.3, 0.35, 0.4 + 0.01 * s), flat))]
   claims = reproduce.pure_claims(records)
-  assert "reward hacking* (the PRM's reward rises while accuracy falls): **shown**" in claims
-  assert "*Min-form credit stays stable*: **shown**" in claims and "(min-form): **shown**" in claims
+  assert ("reward hacking* (read as: the PRM's reward rises while accuracy falls, both paired by seed): "
+          "**shown**") in claims
+  assert "`sum` greedy accuracy change per seed (0: -0.250, 1: -0.250, 2: -0.250)" in claims
+  assert "*Min-form credit stays stable* (read as: min-form's accuracy does not fall, and changes more than " \
+         "sum-form's): **shown**" in claims
+  assert "above each other arm's): **shown**" in claims
   collapsed = [r if r["label"] != "min" else _curve_record("pure", "min", r["seed"], (0.3, 0.1, 0.0), hacking)
                for r in records]
-  assert "*Min-form credit stays stable*: **contradicted**" in reproduce.pure_claims(collapsed)
+  assert "changes more than sum-form's): **contradicted**" in reproduce.pure_claims(collapsed)
+  noisy = [r if r["label"] != "sum" else _curve_record("pure", "sum", r["seed"], (0.3, 0.2, 0.05),
+                                                       [0.0] * 5 + [(2.0, -1.0, 0.5)[r["seed"]]] * 5) for r in records]
+  assert "both paired by seed): **not decided (3 seeds)" in reproduce.pure_claims(noisy)  # the reward rise is noise
   prime = [_curve_record("prime", label, s, acc) for s in range(3) for label, acc in (
       ("prime", (0.3, 0.5, 0.6, 0.7 + 0.01 * s)), ("rloo", (0.3, 0.3, 0.31, 0.3 + 0.01 * s)))]
   claims = reproduce.prime_claims(prime)
-  assert "greedy accuracy +0.410 on average" in claims and "**shown**" in claims
+  assert "*PRIME improves the SFT model* (paper: +16.7% on average over its benchmarks): **shown**" in claims
+  assert "per seed (0: +0.400, 1: +0.410, 2: +0.420), mean +0.410" in claims
+  # RLOO does not learn (+0.00, +0.01, +0.02: not decided): the comparison cannot test the claim.
+  assert "**not decided**: the RLOO baseline is not shown to learn here" in claims
+  learning = [_curve_record("prime", label, s, acc) for s in range(3) for label, acc in (
+      ("prime", (0.3, 0.5, 0.6, 0.7 + 0.01 * s)), ("rloo", (0.3, 0.35, 0.4, 0.45 + 0.02 * s)))]
+  assert "a sample-efficiency measure): **shown**: PRIME minus RLOO per seed" in reproduce.prime_claims(learning)
   assert "no verdict" in reproduce.prime_claims(prime[:1])
+
+
+def _likelihood_record(label, seed, final, warmup=0.3):
+  record = _record("likelihood_rewards", label, seed, [("after warm-up", 400, warmup, 0.2),
+                                                       ("after RL", 600, final, 0.3)])
+  for row, ppl in zip(record["results"], (1.3, 1.2)):
+    row["answer_perplexity"] = ppl
+  return record
+
+
+def test_likelihood_verdicts_are_paired():
+  # Log-prob below the verifier in every seed by a small amount: contradicted, although the two arms'
+  # spreads (0.055 and 0.031 in the kept records) overlap.
+  verifier = {0: 0.898, 1: 0.852, 2: 0.910}
+  logprob = {s: verifier[s] + d for s, d in {0: -0.082, 1: -0.105, 2: -0.055}.items()}
+  records = [_likelihood_record(label, s, v[s]) for label, v in (("logprob", logprob), ("verifier", verifier))
+             for s in range(3)]
+  text = reproduce.likelihood_verdicts(records)
+  assert "on greedy accuracy (paper: 56.84 vs 55.85): **contradicted**: log-prob minus verifier per seed " \
+         "(0: -0.082, 1: -0.105, 2: -0.055), mean -0.081, 90% interval [-0.123, -0.038] (t, 2 dof)" in text
+  assert "not contradicted" not in text
+
+
+def _prdp_record(label, seed, config, reward, log_ratio):
+  record = _record("prdp", label, seed, [])
+  record.update(config=config, overrides={"stages": ["rl"], "init_from": f"runs/pretrain/seed{seed}"})
+  record["results"] = [{"stage": "initial", "step": 0, "reward": 0.0, "guard": 0.6, "log_ratio": 0.0},
+                       {"stage": "after", "step": 40, "reward": reward, "guard": 0.3, "log_ratio": log_ratio}]
+  return record
+
+
+def test_prdp_versus_ddpo_is_read_at_matched_log_ratio():
+  prdp, ddpo = reproduce.PRDP_CONFIG, f"{reproduce.PRDP_CONFIG}:ddpo"
+  records = [_prdp_record(label, s, config, reward + 0.01 * s, log_ratio)
+             for s in range(3) for label, config, reward, log_ratio in (
+                 ("prdp_beta1", prdp, 5.0, 16.0), ("prdp", prdp, 3.0, 10.0), ("prdp_beta100", prdp, 0.0, 2.0),
+                 ("ddpo", ddpo, 2.0, 6.0))]
+  text = reproduce.matched_kl_claim(records, prdp, ddpo, "PRDP", "DDPO")
+  # More reward at one setting, reached by moving further from the reference: no verdict without a frontier.
+  assert text.startswith("**not decided**") and "1 of DDPO (`ddpo`)" in text and "has not been run" in text
+  assert "matches or beats" not in text and "shown" not in text
+  assert "At one setting of each, reward prdp" in text
+  # With a DDPO sweep: DDPO's frontier (2, 0.5) - (10, 4.5) lies above PRDP's (2, 0) - (10, 3) on [2, 10].
+  swept = records + [_prdp_record(label, s, ddpo, reward, log_ratio) for s in range(3)
+                     for label, reward, log_ratio in (("ddpo_lr_low", 0.5, 2.0), ("ddpo_clip_high", 4.5, 10.0))]
+  text = reproduce.matched_kl_claim(swept, prdp, ddpo, "PRDP", "DDPO")
+  assert text.startswith("**contradicted**: PRDP minus DDPO reward at matched log-ratio")

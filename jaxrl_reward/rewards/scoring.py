@@ -15,11 +15,22 @@ options. `RewardSet.score` puts on the rollout:
 - `valid` `[B]`: False where every host-side reward was missing (None; those rows get
   advantage 0 and `train/rewards/missing_frac` counts the missing entries). A NaN or inf
   returned by a reward function is an error naming it (`config.rewards.nonfinite="error"`)
-  or, with "missing", a missing reward;
+  or, with "missing", a missing reward. Each host-side call has a deadline,
+  `config.rewards.timeout_s` (600 s; 0: none): past it the run stops with an error naming the
+  function, or, with `config.rewards.on_timeout="missing"`, that function's rows are missing for
+  the step (see `rewards.base`);
 - `host_outcome` `[B]` (with in-jit rewards): the host-side part of `outcome_rewards`, from which
   `rescore` recomputes the in-jit part with updated models;
 - `labels` `[B]` (when asked): the verifier's score (`config.rewards.eval_name`) in [0, 1],
   the outcome labels of a reward model.
+
+With labels, each in-jit per-token reward that reads a model (the PRM of PRIME's online
+updates) is scored against them on every batch: `stats/prm_pair_accuracy` (`pair_accuracy`:
+over the batch's (correct, incorrect) row pairs within a group, correct meaning label >= 0.5,
+the fraction where the correct row's summed token reward is higher, ties 0.5; 0.5 when the
+batch has no such pair) and `stats/prm_pairs` (the number of those pairs). With several such
+rewards the keys end in `/<name>`. `score` measures it with the models before any update on
+the batch; the RL stage logs a `rescore` after an update as `stats/prm_pair_accuracy_after_update`.
 
 `config.rewards.verified_fraction` < 1 (PURE's setting: verifiable rewards for a fraction of the
 problems only) gives the host-side rewards on that fraction of the problems, a fixed set (a hash
@@ -45,6 +56,27 @@ from jaxrl_reward.rewards import model_rewards
 from jaxrl_reward.rollout import Rollout
 from objectives import advantages as advantages_lib
 from objectives import registry as objective_registry
+
+
+PAIR_ACCURACY = "stats/prm_pair_accuracy"
+
+
+def pair_accuracy(scores, labels, group_ids) -> tuple[jax.Array, jax.Array]:
+  """(accuracy, number of pairs) of `scores` `[B]` on the (correct, incorrect) row pairs of each group.
+
+  A pair is two rows of one group (`group_ids` `[B]`), one with `labels` >= 0.5 (correct) and one
+  below; it counts 1 when the correct row's score is higher, 0.5 on a tie, 0 otherwise. The
+  accuracy is over all the batch's pairs (each pair once), and 0.5 (chance) without any pair.
+  """
+  scores, labels = jnp.asarray(scores, jnp.float32), jnp.asarray(labels, jnp.float32)
+  correct = labels >= 0.5
+  same = jnp.asarray(group_ids)[:, None] == jnp.asarray(group_ids)[None, :]
+  pairs = same & correct[:, None] & ~correct[None, :]  # [i correct, j incorrect]
+  diff = scores[:, None] - scores[None, :]
+  wins = jnp.where(diff > 0, 1.0, jnp.where(diff == 0, 0.5, 0.0))
+  n = jnp.sum(pairs)
+  accuracy = jnp.where(n > 0, jnp.sum(jnp.where(pairs, wins, 0.0)) / jnp.maximum(n, 1), 0.5)
+  return accuracy, n.astype(jnp.float32)
 
 
 def columns_of(examples: Sequence[dict]) -> dict[str, list]:
@@ -108,6 +140,12 @@ class RewardSet:
     self._preparing = preparing[0] if preparing else None
     self.label_name = rewards_config.eval_name if with_labels else None
     self.nonfinite = rewards_config.get("nonfinite", "error")
+    self.timeout_s = rewards_config.get("timeout_s", host_rewards.DEFAULT_TIMEOUT_S)
+    self.on_timeout = rewards_config.get("on_timeout", "error")
+    if self.on_timeout not in host_rewards.ON_TIMEOUT:
+      raise ValueError(f"rewards.on_timeout={self.on_timeout!r} is not one of {host_rewards.ON_TIMEOUT}")
+    if self.timeout_s is not None and not self.timeout_s >= 0:
+      raise ValueError(f"rewards.timeout_s={self.timeout_s!r} must be >= 0 (0 or None: no deadline)")
     fraction = rewards_config.get("verified_fraction", None)
     self.verified_fraction = 1.0 if fraction is None else float(fraction)
     if not 0.0 <= self.verified_fraction <= 1.0:
@@ -117,7 +155,9 @@ class RewardSet:
       self._model_terms = placement.jit(
           self._model_terms_fn,
           in_shardings=({r: roles[r].placement.params for r in self.role_names}, placement.rows),
-          out_shardings=(placement.rows, placement.rows, placement.replicated))
+          out_shardings=(placement.rows, placement.rows, placement.replicated, placement.replicated))
+    paired = [spec.name for spec, _, _ in self.model if spec.level == "token" and spec.roles]
+    self._pair_keys = {n: "" if len(paired) == 1 else f"/{n}" for n in paired}
 
   @property
   def needs_reference(self) -> bool:
@@ -141,7 +181,7 @@ class RewardSet:
   def _model_terms_fn(self, params, rollout):
     bound = {r: model_rewards.BoundRole(params[r], self.roles[r].scorer) for r in self.role_names}
     b, t = rollout.mask.shape
-    seq, tok, means = jnp.zeros((b,), jnp.float32), jnp.zeros((b, t), jnp.float32), {}
+    seq, tok, means, pairs = jnp.zeros((b,), jnp.float32), jnp.zeros((b, t), jnp.float32), {}, {}
     for spec, weight, options in self.model:
       value = jnp.asarray(spec.fn(rollout, {r: bound[r] for r in spec.roles}, **options), jnp.float32)
       shape = (b,) if spec.level == "sequence" else (b, t)
@@ -154,11 +194,17 @@ class RewardSet:
       else:
         tok = tok + weight * value * rollout.mask
         means[spec.name] = jnp.mean(jnp.sum(value * rollout.mask, axis=-1))
-    return seq, tok, means
+        if spec.name in self._pair_keys and "labels" in rollout:
+          suffix = self._pair_keys[spec.name]
+          pairs[PAIR_ACCURACY + suffix], pairs["stats/prm_pairs" + suffix] = pair_accuracy(
+              jnp.sum(value * rollout.mask, axis=-1), rollout["labels"], rollout.group_ids)
+    return seq, tok, means, pairs
 
   def score(self, rollout: Rollout, state: Mapping[str, Any], *, prompts: Sequence[str],
-            completions: Sequence[str], columns: Mapping[str, Sequence[Any]]) -> tuple[Rollout, dict]:
-    """Rewards of every row; `prompts`, `completions`, `columns` are this process's rows.
+            completions: Sequence[str], columns: Mapping[str, Sequence[Any]],
+            step: int | None = None) -> tuple[Rollout, dict]:
+    """Rewards of every row; `prompts`, `completions`, `columns` are this process's rows, `step`
+    the step named in a warning (a reward past its deadline with `rewards.on_timeout="missing"`).
 
     Returns the rollout with the reward fields set and the mean of each reward function
     (`train/rewards/<name>`).
@@ -172,7 +218,8 @@ class RewardSet:
     outcome, valid = np.zeros((b,), np.float32), np.ones((b,), bool)
     if self.host:
       local = host_rewards.compute_rewards([name for name, _, _ in self.host], prompts, completions, columns,
-                                           nonfinite=self.nonfinite)
+                                           nonfinite=self.nonfinite, timeout_s=self.timeout_s,
+                                           on_timeout=self.on_timeout, step=step)
       per_fn = sharding.gather_rows(np.asarray(local, np.float32))  # [B, F], NaN = missing
       if self.verified_fraction < 1.0:
         verified = sharding.gather_rows(
@@ -188,22 +235,24 @@ class RewardSet:
     outcome = to_rows(outcome)
     values = {"outcome_rewards": outcome, "valid": to_rows(valid)}
     rollout = rollout.update(rewards=outcome, **values)
+    if self.label_name is not None:  # before the in-jit rewards, which measure their pair accuracy on them
+      labels = host_rewards.compute_rewards([self.label_name], prompts, completions, columns,
+                                            timeout_s=self.timeout_s, on_timeout=self.on_timeout, step=step)[:, 0]
+      local = np.clip(np.nan_to_num(labels, nan=0.0), 0.0, 1.0)  # a missing label counts as incorrect
+      rollout = rollout.update(labels=sharding.to_global(local, placement.mesh, placement.rules, b))
     if self.model:
       rollout, model_stats = self.rescore(rollout.update(host_outcome=outcome), state)
       stats.update(model_stats)
-    if self.label_name is not None:
-      labels = host_rewards.compute_rewards([self.label_name], prompts, completions, columns)[:, 0]
-      local = np.clip(np.nan_to_num(labels, nan=0.0), 0.0, 1.0)  # a missing label counts as incorrect
-      rollout = rollout.update(labels=sharding.to_global(local, placement.mesh, placement.rules, b))
     return rollout, stats
 
   def rescore(self, rollout: Rollout, state: Mapping[str, Any]) -> tuple[Rollout, dict]:
     """The in-jit rewards of a scored rollout (again) with the models of `state`, added to its
     host-side outcome (`host_outcome`); and their means (`train/rewards/<name>`)."""
-    seq, tok, means = self._model_terms({r: state[r]["params"] for r in self.role_names}, rollout)
+    seq, tok, means, pairs = self._model_terms({r: state[r]["params"] for r in self.role_names}, rollout)
     outcome = rollout["host_outcome"] + seq
     values = {"outcome_rewards": outcome, "rewards": outcome}
     if self.has_token_rewards:
       values["token_rewards"] = tok
       values["rewards"] = tok + advantages_lib.outcome_to_token_rewards(outcome, rollout.mask)
-    return rollout.update(**values), {f"train/rewards/{k}": float(v) for k, v in jax.device_get(means).items()}
+    stats = {f"train/rewards/{k}": float(v) for k, v in jax.device_get(means).items()}
+    return rollout.update(**values), {**stats, **{k: float(v) for k, v in jax.device_get(pairs).items()}}

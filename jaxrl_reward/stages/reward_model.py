@@ -1,5 +1,5 @@
 """The reward-model stage: train a (process) reward model role on the policy's own samples,
-labelled by outcome only.
+labelled by outcome only, or (the positive control) on worked and flawed solutions.
 
 Each step samples `rollout.group_size` completions for each of `rollout.prompts_per_step`
 training prompts from the frozen policy, labels each by the verifier
@@ -11,6 +11,22 @@ from the policy) with `config.objective` (an objective of the "reward_model" sta
 `train.grad_accum_steps` micro-batches of whole groups. The evaluation samples the held-out
 prompts once and reports how well the role's outcome score r = sum of its token rewards
 separates correct from incorrect samples.
+
+`config.reward_model.data` picks the training data (`DATA`):
+- "samples" (default): the policy's samples labelled by the verifier, as above;
+- "solution_pairs": the positive control. Each of the `prompts_per_step` training problems
+  gives `group_size / 2` (worked, flawed) pairs from `Task.solution_pair` (the worked solution
+  labelled 1, the flawed one, whose first wrong step is known, 0: 50/50 labels known to be
+  right), teacher-forced (no sampling); the evaluation then reports, on fixed pairs of the
+  held-out problems, `eval/pair_accuracy` (worked scored above its flawed partner) and
+  `eval/label_accuracy` (sign of the score). A scorer that cannot learn this has a bug in the
+  pipeline, not a hard task. Step-error localisation and Best-of-N on the policy's samples
+  come from `jaxrl_reward.process_rewards.evaluate` (`experiments/prm_best_of_n.py`).
+
+With "samples" the evaluation also reports the Pearson correlation of the score with each
+sample's length in tokens (`eval/score_length_corr`) and, when the task has steps, with its
+number of steps (`eval/score_steps_corr`): an outcome-trained PRM that learned a length
+penalty shows a strongly negative one.
 """
 from __future__ import annotations
 
@@ -23,10 +39,12 @@ import numpy as np
 
 from jaxrl_reward import learner
 from jaxrl_reward import optim
+from jaxrl_reward import prm_eval
 from jaxrl_reward import sharding
 from jaxrl_reward import stages
 from jaxrl_reward.data import batching
 from jaxrl_reward.rewards import scoring
+from jaxrl_reward.rollout import Rollout
 from jaxrl_reward.stages import rl
 from jaxrl_reward.state import role_specs
 from objectives import outcome_rm
@@ -34,6 +52,40 @@ from objectives import registry
 
 # What an objective of the stage reads -> the kind of role it trains.
 ROLE_KIND = {"logprobs": "lm", "values": "value"}
+# Where the training batches come from (`config.reward_model.data`); see the module docstring.
+DATA = ("samples", "solution_pairs")
+# The held-out (worked, flawed) pairs of the evaluation are drawn from this seed offset.
+EVAL_PAIRS_SEED = 1 << 20
+
+
+def encode_solutions(tokenizer, texts, length: int):
+  """Right-padded completion tokens (text then EOS) `[B, length]` and their mask."""
+  ids = np.full((len(texts), length), tokenizer.pad_token_id or tokenizer.eos_token_id, np.int32)
+  mask = np.zeros((len(texts), length), np.int32)
+  for i, text in enumerate(texts):
+    tokens = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(tokens) > length:
+      raise ValueError(f"solution {i} has {len(tokens)} tokens, more than task.max_completion_length={length}")
+    ids[i, :len(tokens)], mask[i, :len(tokens)] = tokens, 1
+  return ids, mask
+
+
+def solution_pairs(task, examples: list[dict], pairs_per_example: int, rng: np.random.Generator):
+  """(prompts, texts, labels, first wrong steps) of `pairs_per_example` (worked, flawed) pairs of each
+  example, pair-major: worked (label 1.0, first wrong step -1) then flawed (0.0, its first wrong step)."""
+  if task.solution_pair is None:
+    raise ValueError("config.reward_model.data='solution_pairs' needs a task with worked and flawed solutions "
+                     "(Task.solution_pair: chain_sums, reasoning_gym chains)")
+  prompts, texts, labels, first_wrong = [], [], [], []
+  for e in examples:
+    for _ in range(pairs_per_example):
+      worked, flawed, wrong = task.solution_pair(e, rng)
+      prompts += [e["prompt"], e["prompt"]]
+      texts += [worked, flawed]
+      labels += [1.0, 0.0]
+      first_wrong += [-1, int(wrong)]
+  return prompts, texts, np.asarray(labels, np.float32), np.asarray(first_wrong, np.int64)
+
 
 
 def objective_of(config) -> tuple[str, Any, str]:
@@ -74,6 +126,16 @@ class RewardModel(stages.Stage):
     rl.check_objective(name, stage="reward_model", inputs=inputs, where=where)
     registry.resolve_options(name, options)
     scoring.reward_specs(c.rewards)
+    data = c.reward_model.get("data", "samples")
+    if data not in DATA:
+      raise ValueError(f"config.reward_model.data={data!r} is not one of {DATA}")
+    if data == "solution_pairs" and c.rollout.group_size % 2:
+      raise ValueError(f"config.reward_model.data='solution_pairs' fills each group with (worked, flawed) pairs: "
+                       f"rollout.group_size={c.rollout.group_size} must be even")
+    if registry.resolve_options(name, options).get("label_balance") and c.train.grad_accum_steps > 1:
+      raise ValueError(f"{where}={name!r} with label_balance weighs the classes of the batch it sees: use "
+                       f"train.grad_accum_steps=1 (got {c.train.grad_accum_steps}), or the weights would be "
+                       "those of each micro-batch")
     if c.rollout.prompts_per_step % c.train.grad_accum_steps:
       raise ValueError(f"rollout.prompts_per_step={c.rollout.prompts_per_step} does not split into "
                        f"train.grad_accum_steps={c.train.grad_accum_steps} micro-batches of whole groups")
@@ -84,6 +146,7 @@ class RewardModel(stages.Stage):
     self.steps = int(c.reward_model.steps)
     self.eval_every = int(c.reward_model.get("eval_every", 0) or 0)
     self.role = c.reward_model.role
+    self.data = c.reward_model.get("data", "samples")
     roles = context.roles
     role = roles[self.role]
     name, options, _ = objective_of(c)
@@ -138,34 +201,75 @@ class RewardModel(stages.Stage):
                                         completions=policy.decode(rollout), columns=scoring.columns_of(local))
     return rollout, stats
 
+  def labelled_pairs(self, state, examples: list[dict], rng: np.random.Generator):
+    """Teacher-forced (worked, flawed) pairs of `examples` (`solution_pairs`), `group_size / 2` pairs per
+    example in one group, with labels 1 / 0 and reference log-probs: a rollout of the stage's shape."""
+    ctx = self.ctx
+    prompts, texts, labels, _ = solution_pairs(ctx.task, examples, self.group_size // 2, rng)
+    size, rows = len(texts), ctx.host_rows(len(texts))
+    conditions = ctx.roles.policy.conditions(prompts[rows], (np.arange(size) // self.group_size)[rows], size)
+    ids, mask = encode_solutions(ctx.task.tokenizer, texts[rows], int(ctx.config.task.max_completion_length))
+    arrays = ctx.to_global({"actions": ids, "mask": mask.astype(np.float32), "labels": labels[rows],
+                            "old_logp": np.zeros(ids.shape, np.float32)}, size)
+    rollout = Rollout(actions=arrays["actions"], mask=arrays["mask"], old_logp=arrays["old_logp"],
+                      group_ids=conditions["group_ids"],
+                      extras={"prompt_ids": conditions["prompt_ids"], "prompt_mask": conditions["prompt_mask"],
+                              "labels": arrays["labels"]})
+    if self.needs_reference:
+      rollout = rollout.update(ref_logp=ctx.roles["reference"].scorer.compute_logprobs(
+          state["reference"]["params"], rollout))
+    return rollout, {"stats/label_mean": float(labels.mean())}
+
   def step(self, state, step: int):
     c = self.ctx.config
     idx = batching.batch_indices(len(self.ctx.task.train), self.prompts, seed=c.seed + 2, step=step - self.start)
-    rollout, stats = self.labelled_samples(state, [self.ctx.task.train[i] for i in idx],
-                                           jax.random.fold_in(self.ctx.key, step))
+    examples = [self.ctx.task.train[i] for i in idx]
+    if self.data == "solution_pairs":
+      rollout, stats = self.labelled_pairs(state, examples, np.random.default_rng([c.seed, step]))
+    else:
+      rollout, stats = self.labelled_samples(state, examples, jax.random.fold_in(self.ctx.key, step))
     role = state[self.role]
     params, opt_state, metrics = self.update(role["params"], role["opt_state"], rollout)
     return {**state, self.role: {"params": params, "opt_state": opt_state}}, {**metrics, **stats}
 
   def evaluate(self, state, step: int) -> dict[str, float]:
-    """Outcome-score quality of the role on sampled held-out solutions: the fraction of
-    (correct, incorrect) pairs of the same problem it orders right, and the label accuracy
-    of sign(r)."""
+    """Outcome-score quality of the role on held-out problems: the fraction of (correct, incorrect)
+    pairs of the same problem it orders right, and the label accuracy of sign(r); on the policy's
+    samples ("samples", with the score's correlations with length and steps) or on fixed worked and
+    flawed solutions ("solution_pairs")."""
     ctx = self.ctx
     examples = ctx.task.eval[: len(ctx.task.eval) // self.prompts * self.prompts]
     if not examples:
       raise ValueError(f"task.num_eval={len(ctx.task.eval)} is below rollout.prompts_per_step={self.prompts}")
-    scores, labels = [], []
+    scores, labels, lengths, steps = [], [], [], []
     gather = lambda x: sharding.gather_rows(sharding.local_rows(x))  # noqa: E731
+    rng = np.random.default_rng([ctx.config.seed, EVAL_PAIRS_SEED])  # the same held-out pairs at every evaluation
     for start in range(0, len(examples), self.prompts):
-      key = jax.random.fold_in(jax.random.fold_in(ctx.key, step), start + (1 << 20))
-      rollout, _ = self.labelled_samples(state, examples[start:start + self.prompts], key)
+      chunk = examples[start:start + self.prompts]
+      if self.data == "solution_pairs":
+        rollout, _ = self.labelled_pairs(state, chunk, rng)
+      else:
+        key = jax.random.fold_in(jax.random.fold_in(ctx.key, step), start + (1 << 20))
+        rollout, _ = self.labelled_samples(state, chunk, key)
+        if ctx.task.step_ends is not None:
+          steps.append(sharding.gather_rows(np.asarray([len(ctx.task.step_ends(t))
+                                                        for t in ctx.roles.policy.decode(rollout)], np.float64)))
       scores.append(gather(self._scores(state[self.role]["params"], rollout)))
       labels.append(gather(rollout["labels"]))
+      lengths.append(gather(rollout.mask).sum(-1))
     r, y = np.concatenate(scores).reshape(-1, self.group_size), np.concatenate(labels).reshape(-1, self.group_size)
     correct, wrong = y[:, :, None] > 0.5, y[:, None, :] <= 0.5
     pairs = correct & wrong
-    ordered = (r[:, :, None] > r[:, None, :]) & pairs
-    return {"eval/pair_accuracy": float(ordered.sum() / max(pairs.sum(), 1)),
-            "eval/label_accuracy": float(np.mean((r > 0) == (y > 0.5))),
-            "eval/num_pairs": float(pairs.sum())}
+    if self.data == "solution_pairs":  # only the (worked, flawed) pairs drawn together: rows 2k, 2k + 1
+      pairs = pairs & (np.arange(self.group_size)[:, None] // 2 == np.arange(self.group_size)[None, :] // 2)
+    # A tie counts one half: a scorer that cannot tell the two apart (an untrained implicit PRM
+    # scores every response 0) is at chance, 0.5, and one that orders them the wrong way is below it.
+    ordered = ((r[:, :, None] > r[:, None, :]) + 0.5 * (r[:, :, None] == r[:, None, :])) * pairs
+    out = {"eval/pair_accuracy": float(ordered.sum() / max(pairs.sum(), 1)),
+           "eval/label_accuracy": float(np.mean((r > 0) == (y > 0.5))),
+           "eval/num_pairs": float(pairs.sum())}
+    if self.data == "samples":
+      out["eval/score_length_corr"] = prm_eval.pearson(r, np.concatenate(lengths))
+      if steps:
+        out["eval/score_steps_corr"] = prm_eval.pearson(r, np.concatenate(steps))
+    return out

@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxrl_reward import learner
 from jaxrl_reward import optim
+from jaxrl_reward import sharding
 from jaxrl_reward import stages
 from jaxrl_reward.data import batching
 from jaxrl_reward.rewards import scoring
@@ -49,6 +50,7 @@ from objectives import prime
 from objectives import registry
 
 OLD_LOGP = ("auto", "sampler", "recompute")
+MISSING_STEPS = "missing_reward_steps"  # the state's counter of RL steps in a row without a host reward
 
 
 def check_objective(name: str, *, stage: str, inputs: str, where: str) -> registry.Objective:
@@ -180,6 +182,13 @@ class RL(stages.Stage):
     self.rescored_roles = [n for n in self.trained_roles if roles.specs[n].score_after_update]
     self.role_names = ["policy"] + (["reference"] if self.needs_reference else []) + self.extra_roles
     self.rewards = scoring.RewardSet(c.rewards, roles, with_labels=s.needs_labels)
+    # A step-end mask [B, T] (1 at the last token of each step, `Task.step_ends`) for an estimator
+    # that reads steps (PURE's min-form over step ends).
+    self.needs_step_ends = "step_ends" in estimators.needs(self.estimator)
+    if self.needs_step_ends and getattr(context.task, "step_ends", None) is None:
+      raise ValueError(f"advantage.estimator={self.estimator!r} reads the steps of each completion, but "
+                       f"task.name={c.task.name!r} has no step boundaries (Task.step_ends); use a task with "
+                       "steps (chain_sums, reasoning_gym)")
     unread = [n for n in self.rescored_roles if n not in self.rewards.role_names]
     if unread:
       raise ValueError(f"config.roles.{unread[0]}.score_after_update=True, but no in-jit reward of "
@@ -230,6 +239,7 @@ class RL(stages.Stage):
   def abstract_rollout(self, rows: int) -> Rollout:
     """Shapes of a rollout of `rows` rows as the losses see it (for the start-up trace)."""
     per_step = ("sampler_logp",) + (("token_rewards",) if self.rewards.has_token_rewards else ()) \
+        + (("step_ends",) if self.needs_step_ends else ()) \
         + (("is_weight",) if self.tis_cap else ()) + (("values", "old_values", "returns") if self.value_role else ())
     per_row = ("baseline_rewards",) if "baseline_rewards" in estimators.needs(self.estimator) else ()
     extra_steps, layout_steps, layout_rows = self.rewards.layout(self.ctx.task)
@@ -253,6 +263,8 @@ class RL(stages.Stage):
                                           out_shardings=placement.opt_state)(new[n]["params"])
     if self.std_filter_beta:  # RLPR's EMA of the group reward std, carried across steps
       new["std_filter"] = state.get("std_filter", logprob_rewards.std_filter_init())
+    if self.rewards.host:  # steps in a row without any host reward: resumed with the run
+      new[MISSING_STEPS] = state.get(MISSING_STEPS, jnp.zeros((), jnp.int32))
     return new
 
   def state_shardings(self):
@@ -261,6 +273,8 @@ class RL(stages.Stage):
       out[n] = {"params": placement.params, "opt_state": placement.opt_state}
     if self.std_filter_beta:
       out["std_filter"] = jax.tree.map(lambda _: self.ctx.placement.replicated, logprob_rewards.std_filter_init())
+    if self.rewards.host:
+      out[MISSING_STEPS] = self.ctx.placement.replicated
     return out
 
   # -- one step --------------------------------------------------------------------------
@@ -312,6 +326,8 @@ class RL(stages.Stage):
         "train/frac_zero_std_groups": jnp.mean(jnp.std(groups, axis=1) == 0),
         "train/frac_valid": jnp.mean(rollout["valid"].astype(jnp.float32)),
         "stats/advantage_abs_mean": jnp.mean(jnp.abs(rollout.advantages)),
+        **estimators.compute_stats(self.estimator, rollout, group_size=self.group_size,
+                                   options=self.estimator_options),
     }
 
   def collect(self, state, examples: list[dict], key) -> tuple[Rollout, dict]:
@@ -325,12 +341,25 @@ class RL(stages.Stage):
     policy = self.ctx.roles.policy
     rollout = policy.sample(params, conditions, key, greedy=greedy)
     completions = policy.decode(rollout)
+    if self.needs_step_ends and not greedy:
+      rollout = rollout.update(step_ends=self._step_end_mask(rollout, completions))
     rollout, stats = self.rewards.prepare(rollout, policy=policy, task=self.ctx.task,
                                           columns=scoring.columns_of(local))
     return rollout, completions, stats
 
-  def score(self, state, examples: list[dict], key) -> tuple[Rollout, dict]:
-    """Samples and scores one step's rollout (everything but the advantages)."""
+  def _step_end_mask(self, rollout: Rollout, completions: list[str]) -> jax.Array:
+    """`[B, T]` float32, 1 at the token that holds the last character of each step of each
+    completion (`Task.step_ends` on the decoded text, `process_rewards.step_end_mask`), built on
+    each process for its rows."""
+    from jaxrl_reward import process_rewards  # noqa: PLC0415  (it imports the engine)
+    placement = self.ctx.placement
+    local = process_rewards.step_end_mask(self.ctx.roles.policy.tokenizer, sharding.local_rows(rollout.actions),
+                                          sharding.local_rows(rollout.mask), completions, self.ctx.task.step_ends)
+    return sharding.to_global(local, placement.mesh, placement.rules, rollout.num_rows)
+
+  def score(self, state, examples: list[dict], key, step: int | None = None) -> tuple[Rollout, dict]:
+    """Samples and scores one step's rollout (everything but the advantages); `step` (1-based) is
+    named in the rewards' warnings."""
     ctx, roles = self.ctx, self.ctx.roles
     policy = roles.policy
     params = state["policy"]["params"]
@@ -348,7 +377,7 @@ class RL(stages.Stage):
     prompts = [e["prompt"] for e in local]
     # The policy's teacher-forced log-probs under these parameters, for an in-jit reward that reads them.
     rollout, stats = self.rewards.score(rollout.update(policy_logp=recomputed), state, prompts=prompts,
-                                        completions=completions, columns=scoring.columns_of(local))
+                                        completions=completions, columns=scoring.columns_of(local), step=step)
     rollout = rollout.without("policy_logp")
     if self.value_role:
       values = roles[self.value_role].scorer.compute_outputs(state[self.value_role]["params"], rollout)
@@ -361,26 +390,27 @@ class RL(stages.Stage):
       rollout = rollout.update(baseline_rewards=total)
     return rollout, {**prepared, **stats, "stats/sampler_logp_gap": gap}
 
-  def _check_missing(self, stats, step: int) -> None:
-    """Warns on a step where no row has a reward; stops after `rewards.stop_after_missing_steps` in a row."""
+  def _check_missing(self, stats, step: int, missing_before: int) -> int:
+    """Steps in a row without any host reward, up to this one; warns on such a step and stops after
+    `rewards.stop_after_missing_steps` of them in a row."""
     if stats["train/frac_valid"] > 0:
-      self._missing_steps = 0
-      return
-    self._missing_steps = getattr(self, "_missing_steps", 0) + 1
+      return 0
+    missing = missing_before + 1
     limit = int(self.ctx.config.rewards.get("stop_after_missing_steps", 0) or 0)
     names = [n for n, _, _ in self.rewards.host]
     print(f"warning: step {step + 1}: every host-side reward {names} was missing (None) for every row; "
           "the policy gets no signal", file=sys.stderr, flush=True)
-    if limit and self._missing_steps >= limit:
-      raise RuntimeError(f"{self._missing_steps} RL steps in a row without any reward from {names} (up to step "
+    if limit and missing >= limit:
+      raise RuntimeError(f"{missing} RL steps in a row without any reward from {names} (up to step "
                          f"{step + 1}); check the reward functions and the task's columns "
                          "(rewards.stop_after_missing_steps sets the limit, 0 never stops)")
+    return missing
 
   def step(self, state, step: int):
     c = self.ctx.config
     idx = batching.batch_indices(len(self.ctx.task.train), self.prompts, seed=c.seed + 1, step=step - self.start)
     key = jax.random.fold_in(self.ctx.key, step)
-    rollout, stats = self.score(state, [self.ctx.task.train[i] for i in idx], key)
+    rollout, stats = self.score(state, [self.ctx.task.train[i] for i in idx], key, step=step + 1)
     state = dict(state)
     valid = rollout["valid"]
     if self.std_filter_beta:
@@ -403,12 +433,18 @@ class RL(stages.Stage):
       apply(name, rollout)
     if self.rescored_roles:
       rollout, reward_stats = self.rewards.rescore(rollout, state)
+      # The PRM's pair accuracy on this batch before its update (logged by `score`) stays; the
+      # one after the update on the same batch is a training accuracy, logged beside it.
+      for key in [k for k in reward_stats if k.startswith(scoring.PAIR_ACCURACY)]:
+        reward_stats[key.replace(scoring.PAIR_ACCURACY, scoring.PAIR_ACCURACY + "_after_update", 1)] = \
+            reward_stats.pop(key)
       stats.update(reward_stats)
     rollout = self._advantages(rollout)
     # frac_valid counts the rows with a reward, before the std filter takes groups out.
     stats.update(self._stats(rollout.update(valid=valid)))
     if self.rewards.host:
-      self._check_missing(jax.device_get(stats), step)
+      missing = self._check_missing(jax.device_get(stats), step, int(jax.device_get(state[MISSING_STEPS])))
+      state[MISSING_STEPS] = jax.device_put(jnp.asarray(missing, jnp.int32), self.ctx.placement.replicated)
     for name in self.trained_roles:  # scored above with the parameters before this update
       if name not in self.rescored_roles:
         apply(name, rollout)
