@@ -22,6 +22,7 @@ Multi-host: only process 0 logs; construct the logger with
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pathlib
@@ -125,6 +126,8 @@ class MetricsLogger:
 
   def _open_tensorboard(self, purge_step: int | None = None):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    # tensorboardX warns on every NaN / inf scalar; metrics.jsonl names them in the line already.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
     # A unique suffix: event files are named by the second they are opened in, and a second
     # writer opened in the same second (after `truncate_after`) must not overwrite the first.
     return SummaryWriter(logdir=str(self.workdir / TENSORBOARD_DIR), purge_step=purge_step,
@@ -154,7 +157,7 @@ class MetricsLogger:
     if self._use_tensorboard:
       writer = self._tensorboard()
       for key, value in record.items():
-        if key != "step" and math.isfinite(value):  # NaN / inf are named in metrics.jsonl's line
+        if key != "step":
           writer.add_scalar(key, value, global_step=step)
       writer.flush()
 

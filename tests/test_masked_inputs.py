@@ -426,6 +426,7 @@ def test_estimators_ignore_masked_and_invalid_entries(shape, seed, value, empty_
       "token_rewards": normal(rng, (b, t)),
       "values": normal(rng, (b, t)),
       "baseline_rewards": normal(rng, (b,)),
+      "step_ends": (rng.random((b, t)) < 0.4).astype(np.float32),  # PURE's step-end mask
   }
   absent_row = (mask.sum(-1) == 0) | ~valid
   off = (mask == 0) | ~valid[:, None]  # per-token entries of invalid rows are ignored too

@@ -222,6 +222,8 @@ class RL(stages.Stage):
     self._gap = self.ctx.placement.jit(_logp_gap, in_shardings=(rows, rows, rows), out_shardings=replicated)
     self._filter = self.ctx.placement.jit(self._filter_fn, in_shardings=(replicated, rows),
                                           out_shardings=(replicated, rows, replicated))
+    # Host values (numpy) as replicated arrays of the state: global arrays, as checkpoints of several processes need.
+    self._replicated = self.ctx.placement.jit(lambda x: x, in_shardings=(replicated,), out_shardings=replicated)
     self._accuracy_filter = self.ctx.placement.jit(self._accuracy_filter_fn, in_shardings=(rows,),
                                                    out_shardings=(rows, replicated))
 
@@ -262,9 +264,10 @@ class RL(stages.Stage):
       new[n]["opt_state"] = placement.jit(opt.init, in_shardings=(placement.params,),
                                           out_shardings=placement.opt_state)(new[n]["params"])
     if self.std_filter_beta:  # RLPR's EMA of the group reward std, carried across steps
-      new["std_filter"] = state.get("std_filter", logprob_rewards.std_filter_init())
+      new["std_filter"] = state["std_filter"] if "std_filter" in state else self._replicated(
+          jax.tree.map(np.asarray, logprob_rewards.std_filter_init()))
     if self.rewards.host:  # steps in a row without any host reward: resumed with the run
-      new[MISSING_STEPS] = state.get(MISSING_STEPS, jnp.zeros((), jnp.int32))
+      new[MISSING_STEPS] = state[MISSING_STEPS] if MISSING_STEPS in state else self._replicated(np.int32(0))
     return new
 
   def state_shardings(self):
@@ -444,7 +447,7 @@ class RL(stages.Stage):
     stats.update(self._stats(rollout.update(valid=valid)))
     if self.rewards.host:
       missing = self._check_missing(jax.device_get(stats), step, int(jax.device_get(state[MISSING_STEPS])))
-      state[MISSING_STEPS] = jax.device_put(jnp.asarray(missing, jnp.int32), self.ctx.placement.replicated)
+      state[MISSING_STEPS] = self._replicated(np.int32(missing))
     for name in self.trained_roles:  # scored above with the parameters before this update
       if name not in self.rescored_roles:
         apply(name, rollout)
