@@ -224,6 +224,7 @@ class RL(stages.Stage):
                                           out_shardings=(replicated, rows, replicated))
     # Host values (numpy) as replicated arrays of the state: global arrays, as checkpoints of several processes need.
     self._replicated = self.ctx.placement.jit(lambda x: x, in_shardings=(replicated,), out_shardings=replicated)
+    self._std_filter_init = self.ctx.placement.jit(logprob_rewards.std_filter_init, out_shardings=replicated)
     self._accuracy_filter = self.ctx.placement.jit(self._accuracy_filter_fn, in_shardings=(rows,),
                                                    out_shardings=(rows, replicated))
 
@@ -264,8 +265,7 @@ class RL(stages.Stage):
       new[n]["opt_state"] = placement.jit(opt.init, in_shardings=(placement.params,),
                                           out_shardings=placement.opt_state)(new[n]["params"])
     if self.std_filter_beta:  # RLPR's EMA of the group reward std, carried across steps
-      new["std_filter"] = state["std_filter"] if "std_filter" in state else self._replicated(
-          jax.tree.map(np.asarray, logprob_rewards.std_filter_init()))
+      new["std_filter"] = state["std_filter"] if "std_filter" in state else self._std_filter_init()
     if self.rewards.host:  # steps in a row without any host reward: resumed with the run
       new[MISSING_STEPS] = state[MISSING_STEPS] if MISSING_STEPS in state else self._replicated(np.int32(0))
     return new
