@@ -123,7 +123,7 @@ class Experiment:
       if "allow_untrained_reward" in source:  # it was checked when the source itself ran
         source.allow_untrained_reward = True
     wanted = self.init_source["step"]
-    state, step = Experiment(source, mesh=self.mesh).restore(workdir, step=wanted)
+    state, _ = Experiment(source, mesh=self.mesh).restore(workdir, step=wanted)
     return {n: {"params": v["params"]} for n, v in state.items() if n in self.roles.specs and "params" in v}
 
   def abstract_state(self, step: int):

@@ -239,13 +239,12 @@ def pair_accuracy(context, states: dict, examples, *, beta: float, seed: int, ro
   pairs (`Task.solution_pair`, one per example) whose worked solution it scores above the flawed one,
   a tie counting one half (as `eval/pair_accuracy` of the reward-model stage's control)."""
   rng = np.random.default_rng([seed, reward_model_stage.EVAL_PAIRS_SEED])
-  prompts, texts, _, _ = reward_model_stage.solution_pairs(context.task, examples, 1, rng)
+  prompts, texts, labels, _ = reward_model_stage.solution_pairs(context.task, examples, 1, rng)
   rollout, _, _ = teacher_forced_rollout(context, prompts, texts)
-  out = {}
-  for name, state in states.items():
-    r = outcome_scores(context, state, rollout, beta=beta, role=role)
-    out[name] = float(np.mean((r[0::2] > r[1::2]) + 0.5 * (r[0::2] == r[1::2])))
-  return out
+  pairs = np.arange(len(texts)) // 2  # each worked solution with its flawed partner
+  return {name: float(scoring.pair_accuracy(outcome_scores(context, state, rollout, beta=beta, role=role),
+                                            labels, pairs)[0])
+          for name, state in states.items()}
 
 
 def teacher_forced_step_rewards(context, state, prompts, solutions, *, beta: float, role: str = "prm"):

@@ -257,17 +257,15 @@ class RewardModel(stages.Stage):
       scores.append(gather(self._scores(state[self.role]["params"], rollout)))
       labels.append(gather(rollout["labels"]))
       lengths.append(gather(rollout.mask).sum(-1))
-    r, y = np.concatenate(scores).reshape(-1, self.group_size), np.concatenate(labels).reshape(-1, self.group_size)
-    correct, wrong = y[:, :, None] > 0.5, y[:, None, :] <= 0.5
-    pairs = correct & wrong
-    if self.data == "solution_pairs":  # only the (worked, flawed) pairs drawn together: rows 2k, 2k + 1
-      pairs = pairs & (np.arange(self.group_size)[:, None] // 2 == np.arange(self.group_size)[None, :] // 2)
-    # A tie counts one half: a scorer that cannot tell the two apart (an untrained implicit PRM
-    # scores every response 0) is at chance, 0.5, and one that orders them the wrong way is below it.
-    ordered = ((r[:, :, None] > r[:, None, :]) + 0.5 * (r[:, :, None] == r[:, None, :])) * pairs
-    out = {"eval/pair_accuracy": float(ordered.sum() / max(pairs.sum(), 1)),
-           "eval/label_accuracy": float(np.mean((r > 0) == (y > 0.5))),
-           "eval/num_pairs": float(pairs.sum())}
+    r, y = np.concatenate(scores), np.concatenate(labels)
+    # Pairs within a group; with "solution_pairs" only the (worked, flawed) pairs drawn together
+    # (rows 2k, 2k + 1). A tie counts one half: a scorer that cannot tell the two apart (an
+    # untrained implicit PRM scores every response 0) is at chance, and one that orders them the
+    # wrong way is below it.
+    groups = np.arange(len(r)) // (2 if self.data == "solution_pairs" else self.group_size)
+    accuracy, pairs = scoring.pair_accuracy(r, y, groups)
+    out = {"eval/pair_accuracy": float(accuracy), "eval/label_accuracy": float(np.mean((r > 0) == (y > 0.5))),
+           "eval/num_pairs": float(pairs)}
     if self.data == "samples":
       out["eval/score_length_corr"] = prm_eval.pearson(r, np.concatenate(lengths))
       if steps:
